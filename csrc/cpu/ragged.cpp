@@ -1,0 +1,194 @@
+// CPU kernels of ragged_insert / ragged_strip: one parallel pass over output rows, each row
+// either a memcpy of its source frame or a row of counter-based Gaussian noise.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <cstring>
+#include <vector>
+
+#include "checks.h"
+#include "common/philox.h"
+
+namespace flowception {
+namespace {
+
+using at::Tensor;
+
+template <typename scalar_t>
+inline scalar_t to_out(double z) {
+  // Half types round through float, as torch's double -> half conversion does.
+  if constexpr (std::is_same_v<scalar_t, double> || std::is_same_v<scalar_t, float>) {
+    return static_cast<scalar_t>(z);
+  } else {
+    return static_cast<scalar_t>(static_cast<float>(z));
+  }
+}
+
+// Fill one output row with the Gaussians of (seed, row): Philox words in scalar code, then
+// Box-Muller on at::vec doubles (u1 and u2 of several pairs side by side).
+template <typename scalar_t>
+void fill_gaussian_row(scalar_t* dst, int64_t numel, uint64_t seed, uint64_t row) {
+  using Vec = at::vec::Vectorized<double>;
+  constexpr int64_t kPairs = Vec::size();
+  constexpr double kTwoPi = 6.283185307179586476925286766559;
+  const int64_t n_pairs = numel / 2;
+  alignas(64) double u1[kPairs], u2[kPairs], z0[kPairs], z1[kPairs];
+  int64_t p = 0;
+  for (; p + kPairs <= n_pairs; p += kPairs) {
+    for (int64_t i = 0; i < kPairs; i += 2) {  // kPairs is even: whole Philox blocks
+      const Philox4 w = noise_words(seed, row, (p + i) >> 1);
+      u1[i] = uniform_open0(w.x[0]);
+      u2[i] = uniform_open1(w.x[1]);
+      u1[i + 1] = uniform_open0(w.x[2]);
+      u2[i + 1] = uniform_open1(w.x[3]);
+    }
+    const Vec r = (Vec(-2.0) * Vec::loadu(u1).log()).sqrt();
+    const Vec theta = Vec(kTwoPi) * Vec::loadu(u2);
+    (r * theta.cos()).store(z0);
+    (r * theta.sin()).store(z1);
+    for (int64_t i = 0; i < kPairs; ++i) {
+      dst[2 * (p + i)] = to_out<scalar_t>(z0[i]);
+      dst[2 * (p + i) + 1] = to_out<scalar_t>(z1[i]);
+    }
+  }
+  for (; 2 * p < numel; ++p) {  // tail, including a lone last element when numel is odd
+    double a, b;
+    gaussian_pair_at(seed, row, p, a, b);
+    dst[2 * p] = to_out<scalar_t>(a);
+    if (2 * p + 1 < numel) dst[2 * p + 1] = to_out<scalar_t>(b);
+  }
+}
+
+at::Tensor empty_rows_like(const Tensor& frames, int64_t rows) {
+  std::vector<int64_t> shape(frames.sizes().begin(), frames.sizes().end());
+  shape[0] = rows;
+  return at::empty(shape, frames.options().memory_format(at::MemoryFormat::Contiguous));
+}
+
+// Rows per task: enough bytes that thread start-up does not dominate.
+int64_t row_grain(int64_t row_bytes) { return std::max<int64_t>(1, (64 << 10) / std::max<int64_t>(row_bytes, 1)); }
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> ragged_insert_cpu(const Tensor& frames, const Tensor& cu_seqlens,
+                                                             const Tensor& counts, int64_t total_new,
+                                                             int64_t seed) {
+  check_frames(frames);
+  const int64_t n = frames.size(0);
+  const Tensor cu = check_cu_seqlens(cu_seqlens, n, frames);
+  TORCH_CHECK_TYPE(counts.scalar_type() == at::kLong, "counts must be int64, got ", counts.scalar_type());
+  TORCH_CHECK_VALUE(counts.dim() == 1 && counts.size(0) == n,
+                    "counts must be a 1-D tensor with one entry per frame (", n, "), got shape ", counts.sizes());
+  check_same_device(frames, counts, "frames", "counts");
+  TORCH_CHECK_VALUE(total_new >= 0, "total_new must be >= 0, got ", total_new);
+
+  const Tensor cnt = counts.contiguous();
+  const int64_t* c = cnt.data_ptr<int64_t>();
+  const int64_t nb = cu.numel() - 1;
+  const int64_t* cuv = cu.data_ptr<int64_t>();
+
+  // Output row of every source frame, and the source of every output row (-1 = new frame).
+  Tensor src_pos = at::empty({n}, cnt.options());
+  int64_t* sp = src_pos.data_ptr<int64_t>();
+  int64_t inserted = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    TORCH_CHECK_VALUE(c[j] >= 0, "counts must be >= 0, but counts[", j, "] = ", c[j]);
+    sp[j] = j + inserted;
+    inserted += c[j];
+  }
+  TORCH_CHECK_VALUE(inserted == total_new, "total_new (", total_new, ") must equal counts.sum() (", inserted, ")");
+
+  Tensor new_pos = at::empty({total_new}, cnt.options());
+  Tensor out_cu = at::empty({nb + 1}, cnt.options());
+  std::vector<int64_t> row_src(n + total_new, -1);
+  {
+    int64_t* np = new_pos.data_ptr<int64_t>();
+    int64_t* oc = out_cu.data_ptr<int64_t>();
+    int64_t m = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      row_src[sp[j]] = j;
+      for (int64_t k = 1; k <= c[j]; ++k) np[m++] = sp[j] + k;
+    }
+    oc[0] = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t last = cuv[b + 1];  // rows of video b end before src_pos[last] (or the end)
+      oc[b + 1] = last < n ? sp[last] : n + total_new;
+    }
+  }
+
+  const Tensor x = frames.contiguous();
+  Tensor out = empty_rows_like(frames, n + total_new);
+  const int64_t s = row_numel(frames);
+  if (s == 0 || out.size(0) == 0) return {out, out_cu, src_pos, new_pos};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, frames.scalar_type(), "ragged_insert_cpu", [&] {
+    const scalar_t* src = x.const_data_ptr<scalar_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    at::parallel_for(0, out.size(0), row_grain(s * sizeof(scalar_t)), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        if (row_src[r] >= 0) {
+          std::memcpy(dst + r * s, src + row_src[r] * s, s * sizeof(scalar_t));
+        } else {
+          fill_gaussian_row(dst + r * s, s, static_cast<uint64_t>(seed), static_cast<uint64_t>(r));
+        }
+      }
+    });
+  });
+  return {out, out_cu, src_pos, new_pos};
+}
+
+std::tuple<Tensor, Tensor, Tensor> ragged_strip_cpu(const Tensor& frames, const Tensor& cu_seqlens,
+                                                    const Tensor& keep, int64_t total_kept) {
+  check_frames(frames);
+  const int64_t n = frames.size(0);
+  const Tensor cu = check_cu_seqlens(cu_seqlens, n, frames);
+  TORCH_CHECK_TYPE(keep.scalar_type() == at::kBool, "keep must be bool, got ", keep.scalar_type());
+  TORCH_CHECK_VALUE(keep.dim() == 1 && keep.size(0) == n,
+                    "keep must be a 1-D tensor with one entry per frame (", n, "), got shape ", keep.sizes());
+  check_same_device(frames, keep, "frames", "keep");
+  TORCH_CHECK_VALUE(total_kept >= 0, "total_kept must be >= 0, got ", total_kept);
+
+  const Tensor kp = keep.contiguous();
+  const bool* k = kp.data_ptr<bool>();
+  const int64_t nb = cu.numel() - 1;
+  const int64_t* cuv = cu.data_ptr<int64_t>();
+  int64_t kept = 0;
+  for (int64_t j = 0; j < n; ++j) kept += k[j];
+  TORCH_CHECK_VALUE(kept == total_kept, "total_kept (", total_kept, ") must equal keep.sum() (", kept, ")");
+
+  Tensor src_index = at::empty({total_kept}, cu_seqlens.options());
+  Tensor out_cu = at::empty({nb + 1}, cu_seqlens.options());
+  {
+    int64_t* si = src_index.data_ptr<int64_t>();
+    int64_t* oc = out_cu.data_ptr<int64_t>();
+    int64_t m = 0;
+    oc[0] = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+      for (int64_t j = cuv[b]; j < cuv[b + 1]; ++j) {
+        if (k[j]) si[m++] = j;
+      }
+      oc[b + 1] = m;
+    }
+  }
+
+  const Tensor x = frames.contiguous();
+  Tensor out = empty_rows_like(frames, total_kept);
+  const int64_t s = row_numel(frames);
+  if (s == 0 || total_kept == 0) return {out, out_cu, src_index};
+  const int64_t row_bytes = s * static_cast<int64_t>(x.element_size());
+  const char* src = static_cast<const char*>(x.const_data_ptr());
+  char* dst = static_cast<char*>(out.data_ptr());
+  const int64_t* si = src_index.const_data_ptr<int64_t>();
+  at::parallel_for(0, total_kept, row_grain(row_bytes), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) std::memcpy(dst + r * row_bytes, src + si[r] * row_bytes, row_bytes);
+  });
+  return {out, out_cu, src_index};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(flowception, CPU, m) {
+  m.impl("ragged_insert", &ragged_insert_cpu);
+  m.impl("ragged_strip", &ragged_strip_cpu);
+}
+
+}  // namespace flowception

@@ -1,0 +1,46 @@
+// Every op schema of the `flowception` namespace, in one place, plus the Python module init.
+// Kernels live in csrc/cpu/<op>.cpp and csrc/cuda/<op>_glue.cpp; fake kernels, autograd and
+// flop formulas in flowception_ext/ops/.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(flowception, m) {
+  // Insert counts[j] fresh N(0, I) frames after frame j of a packed batch (noise keyed by
+  // (seed, output row)). Returns (out, out_cu_seqlens, src_pos, new_pos).
+  m.def(
+      "ragged_insert(Tensor frames, Tensor cu_seqlens, Tensor counts, int total_new, int seed)"
+      " -> (Tensor, Tensor, Tensor, Tensor)");
+  // Keep the frames where keep[j] is set. Returns (out, out_cu_seqlens, src_index).
+  m.def(
+      "ragged_strip(Tensor frames, Tensor cu_seqlens, Tensor keep, int total_kept)"
+      " -> (Tensor, Tensor, Tensor)");
+}
+
+namespace {
+
+#ifndef FLOWCEPTION_CUDA_COMPILE_CHECKED
+#define FLOWCEPTION_CUDA_COMPILE_CHECKED 0
+#endif
+#ifdef FLOWCEPTION_WITH_CUDA
+constexpr bool kCudaKernels = true;
+#else
+constexpr bool kCudaKernels = false;
+#endif
+
+PyObject* build_info(PyObject*, PyObject*) {
+  return Py_BuildValue("{s:s,s:O,s:O,s:O,s:s}", "torch_version", FLOWCEPTION_TORCH_VERSION,
+                       "cpu_kernels", Py_True, "cuda_kernels", kCudaKernels ? Py_True : Py_False,
+                       "cuda_compile_checked", FLOWCEPTION_CUDA_COMPILE_CHECKED ? Py_True : Py_False,
+                       "cpu_capability", FLOWCEPTION_CPU_CAPABILITY_NAME);
+}
+
+PyMethodDef methods[] = {
+    {"build_info", build_info, METH_NOARGS, "What this build of the extension contains."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "flowception_ext compiled ops", -1, methods};
+
+}  // namespace
+
+// Importing the module loads the shared library, which registers the ops above.
+PyMODINIT_FUNC PyInit__C() { return PyModule_Create(&module); }

@@ -1,0 +1,67 @@
+"""Loading the compiled core (``flowception_ext._C``) and describing what it contains.
+
+If the extension is missing, fails to load, or was built against another torch, importing
+the package warns once and every op falls back to its pure-PyTorch reference
+(``flowception_ext.ops.reference``). Set ``FLOWCEPTION_DISABLE_EXTENSION=1`` to force the
+fallback (useful to compare the two paths).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import torch
+
+_module: Any = None
+_problem: str | None = None
+
+if os.environ.get("FLOWCEPTION_DISABLE_EXTENSION", "") not in ("", "0"):
+    _problem = "disabled by FLOWCEPTION_DISABLE_EXTENSION"
+else:
+    try:
+        from . import _C as _module  # type: ignore[attr-defined]  # registers torch.ops.flowception.*
+    except ImportError as exc:  # not built, or built for an incompatible torch (undefined symbols)
+        _problem = f"could not import flowception_ext._C ({exc})"
+    else:
+        built_for = _module.build_info()["torch_version"]
+        if built_for != torch.__version__:
+            _problem = f"flowception_ext._C was built for torch {built_for}, but torch {torch.__version__} is running"
+            _module = None
+
+if _problem is not None:
+    warnings.warn(
+        f"flowception_ext: compiled kernels unavailable, using the pure-PyTorch references (slow): {_problem}. "
+        "Rebuild with `pip install --no-build-isolation .`",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
+def available() -> bool:
+    """True when the compiled ops are loaded and used."""
+    return _module is not None
+
+
+def build_info() -> dict[str, Any]:
+    """What this installation runs on.
+
+    Keys: ``torch_version`` (the running torch), ``built_for_torch``, ``cpu_kernels``,
+    ``cuda_kernels``, ``cuda_compile_checked`` (the CUDA kernels were compiled by nvcc in this
+    build), ``cpu_capability`` (the ``at::vec`` instruction set of the CPU kernels; ``None``
+    without the extension) and ``fallback_reason`` (why the references are used, or ``None``).
+    """
+    if _module is None:
+        return {
+            "torch_version": torch.__version__,
+            "built_for_torch": None,
+            "cpu_kernels": False,
+            "cuda_kernels": False,
+            "cuda_compile_checked": False,
+            "cpu_capability": None,
+            "fallback_reason": _problem,
+        }
+    info = dict(_module.build_info())
+    info["built_for_torch"] = info.pop("torch_version")
+    return {"torch_version": torch.__version__, **info, "fallback_reason": None}

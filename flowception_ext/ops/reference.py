@@ -1,0 +1,152 @@
+"""Pure-PyTorch twins of the compiled ops (``<op>_ref``): the definition the kernels are
+tested against, and the fallback when the extension is not available.
+
+The noise of ``ragged_insert`` is Philox4x32-10 keyed by ``(seed, output row)`` followed by
+Box-Muller in float64, exactly as ``csrc/common/philox.h``. Philox needs unsigned 32x32->64
+products; here they are split into 16-bit halves so every intermediate fits a signed int64.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "philox4x32_10_ref",
+    "gaussian_rows_ref",
+    "ragged_insert_ref",
+    "ragged_strip_ref",
+    "check_ragged_args",
+]
+
+_MASK32 = 0xFFFFFFFF
+_M0, _M1 = 0xD2511F53, 0xCD9E8D57
+_W0, _W1 = 0x9E3779B9, 0xBB67AE85
+_FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _mulhilo(a: Tensor, m: int) -> tuple[Tensor, Tensor]:
+    """(hi, lo) 32-bit words of the 64-bit product of uint32 values ``a`` (int64 tensor) and ``m``."""
+    p_lo = a * (m & 0xFFFF)  # < 2^48
+    p_hi = a * (m >> 16)  # < 2^48
+    lo = (((p_hi & 0xFFFF) << 16) + p_lo) & _MASK32
+    hi = (p_hi + (p_lo >> 16)) >> 16
+    return hi, lo
+
+
+def philox4x32_10_ref(counter: tuple[Tensor, Tensor, Tensor, Tensor], key: tuple[int, int]) -> tuple[Tensor, ...]:
+    """Philox4x32-10 on int64 tensors holding uint32 values; returns the four output words."""
+    c0, c1, c2, c3 = counter
+    k0, k1 = key
+    for _ in range(10):
+        hi0, lo0 = _mulhilo(c0, _M0)
+        hi1, lo1 = _mulhilo(c2, _M1)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0, k1 = (k0 + _W0) & _MASK32, (k1 + _W1) & _MASK32
+    return c0, c1, c2, c3
+
+
+def gaussian_rows_ref(rows: Tensor, row_numel: int, seed: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The Gaussians that ``ragged_insert`` writes into output rows ``rows``: ``[len(rows), row_numel]``."""
+    rows = rows.to(torch.int64).reshape(-1, 1)
+    seed &= (1 << 64) - 1
+    n_blocks = (row_numel + 3) // 4
+    block = torch.arange(n_blocks, dtype=torch.int64, device=rows.device).reshape(1, -1)
+    zeros = torch.zeros((rows.shape[0], n_blocks), dtype=torch.int64, device=rows.device)
+    counter = (zeros + (block & _MASK32), zeros + (block >> 32), zeros + (rows & _MASK32), zeros + (rows >> 32))
+    x0, x1, x2, x3 = philox4x32_10_ref(counter, (seed & _MASK32, seed >> 32))
+
+    def box_muller(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        u1 = (a.double() + 1.0) * 2.0**-32
+        u2 = b.double() * 2.0**-32
+        r = torch.sqrt(-2.0 * torch.log(u1))
+        theta = 6.283185307179586476925286766559 * u2
+        return r * torch.cos(theta), r * torch.sin(theta)
+
+    z0, z1 = box_muller(x0, x1)
+    z2, z3 = box_muller(x2, x3)
+    z = torch.stack([z0, z1, z2, z3], dim=-1).reshape(rows.shape[0], 4 * n_blocks)[:, :row_numel]
+    if dtype in (torch.float16, torch.bfloat16):  # round through float32, as the kernels do
+        z = z.float()
+    return z.to(dtype)
+
+
+def check_ragged_args(frames: Tensor, cu_seqlens: Tensor, per_frame: Tensor, per_frame_name: str, per_frame_dtype: torch.dtype) -> None:
+    """The argument checks of the ragged ops, with the kernels' messages (ValueError/TypeError)."""
+    if not isinstance(frames, Tensor) or frames.dim() < 1:
+        raise ValueError("frames must have a leading frame dimension, got a 0-d tensor")
+    if frames.dtype not in _FLOATING:
+        raise TypeError(f"frames must be float32, float64, float16 or bfloat16, got {frames.dtype}")
+    if cu_seqlens.dtype != torch.int64:
+        raise TypeError(f"cu_seqlens must be int64, got {cu_seqlens.dtype}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
+        raise ValueError(f"cu_seqlens must be a 1-D tensor [B+1] with at least one entry, got shape {tuple(cu_seqlens.shape)}")
+    for name, t in (("cu_seqlens", cu_seqlens), (per_frame_name, per_frame)):
+        if t.device != frames.device:
+            raise ValueError(f"{name} must be on the same device as frames ({frames.device}), got {t.device}")
+    n = frames.shape[0]
+    cu = cu_seqlens.tolist()
+    if cu[0] != 0:
+        raise ValueError(f"cu_seqlens must start at 0, got {cu[0]}")
+    for b in range(len(cu) - 1):
+        if cu[b + 1] < cu[b]:
+            raise ValueError(f"cu_seqlens must be non-decreasing, but cu_seqlens[{b + 1}] = {cu[b + 1]} < cu_seqlens[{b}] = {cu[b]}")
+    if cu[-1] != n:
+        raise ValueError(f"cu_seqlens must end at the number of frames ({n}), got {cu[-1]}")
+    if per_frame.dtype != per_frame_dtype:
+        raise TypeError(f"{per_frame_name} must be {str(per_frame_dtype).removeprefix('torch.')}, got {per_frame.dtype}")
+    if per_frame.dim() != 1 or per_frame.shape[0] != n:
+        raise ValueError(f"{per_frame_name} must be a 1-D tensor with one entry per frame ({n}), got shape {tuple(per_frame.shape)}")
+
+
+def _video_of_frame(cu_seqlens: Tensor) -> Tensor:
+    lengths = cu_seqlens.diff()
+    return torch.repeat_interleave(torch.arange(lengths.numel(), device=cu_seqlens.device), lengths)
+
+
+def ragged_insert_ref(
+    frames: Tensor, cu_seqlens: Tensor, counts: Tensor, total_new: int, seed: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Insert ``counts[j]`` fresh N(0, I) frames right after frame ``j``.
+
+    Returns ``(out [N+M, *S], out_cu_seqlens [B+1], src_pos [N], new_pos [M])``: ``out[src_pos]
+    == frames`` and ``out[new_pos]`` are the new frames, in order.
+    """
+    check_ragged_args(frames, cu_seqlens, counts, "counts", torch.int64)
+    if total_new < 0:
+        raise ValueError(f"total_new must be >= 0, got {total_new}")
+    if counts.numel() and int(counts.min()) < 0:
+        j = int((counts < 0).nonzero()[0])
+        raise ValueError(f"counts must be >= 0, but counts[{j}] = {int(counts[j])}")
+    if int(counts.sum()) != total_new:
+        raise ValueError(f"total_new ({total_new}) must equal counts.sum() ({int(counts.sum())})")
+    n = frames.shape[0]
+    before = torch.cumsum(counts, 0) - counts
+    src_pos = torch.arange(n, device=frames.device) + before
+    # the k-th new frame after frame j sits at src_pos[j] + k (k = 1..counts[j])
+    owner = torch.repeat_interleave(torch.arange(n, device=frames.device), counts)
+    rank = torch.arange(total_new, device=frames.device) - torch.repeat_interleave(before, counts)
+    new_pos = src_pos[owner] + rank + 1
+    per_video = torch.zeros(cu_seqlens.numel() - 1, dtype=torch.int64, device=frames.device)
+    per_video.index_add_(0, _video_of_frame(cu_seqlens), counts)
+    out_cu = cu_seqlens + torch.cat([per_video.new_zeros(1), torch.cumsum(per_video, 0)])
+    out = frames.new_empty((n + total_new, *frames.shape[1:])).contiguous()
+    out[src_pos] = frames
+    row_numel = frames[0].numel() if n else int(torch.Size(frames.shape[1:]).numel())
+    noise = gaussian_rows_ref(new_pos, row_numel, seed, frames.dtype)
+    out[new_pos] = noise.reshape(total_new, *frames.shape[1:])
+    return out, out_cu, src_pos, new_pos
+
+
+def ragged_strip_ref(frames: Tensor, cu_seqlens: Tensor, keep: Tensor, total_kept: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Keep the frames where ``keep`` is set. Returns ``(out [K, *S], out_cu_seqlens, src_index [K])``."""
+    check_ragged_args(frames, cu_seqlens, keep, "keep", torch.bool)
+    if total_kept < 0:
+        raise ValueError(f"total_kept must be >= 0, got {total_kept}")
+    if int(keep.sum()) != total_kept:
+        raise ValueError(f"total_kept ({total_kept}) must equal keep.sum() ({int(keep.sum())})")
+    src_index = keep.nonzero().reshape(-1)
+    per_video = torch.zeros(cu_seqlens.numel() - 1, dtype=torch.int64, device=frames.device)
+    per_video.index_add_(0, _video_of_frame(cu_seqlens), keep.to(torch.int64))
+    out_cu = torch.cat([per_video.new_zeros(1), torch.cumsum(per_video, 0)])
+    return frames[src_index].contiguous(), out_cu, src_index

@@ -1,0 +1,38 @@
+"""Shared fixtures and helpers for the test suite."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import flowception_ext
+from flowception_ext import PackedVideos
+
+requires_extension = pytest.mark.skipif(
+    not flowception_ext.build_info()["cpu_kernels"], reason="compiled extension not available"
+)
+
+
+@pytest.fixture
+def threads():
+    """Run a test body at a given torch thread count, restoring the original afterwards."""
+    original = torch.get_num_threads()
+
+    def set_threads(n: int) -> None:
+        torch.set_num_threads(n)
+
+    yield set_threads
+    torch.set_num_threads(original)
+
+
+def random_lengths(rng: random.Random, num_videos: int, max_len: int = 8, allow_empty: bool = True) -> list[int]:
+    lo = 0 if allow_empty else 1
+    return [rng.randint(lo, max_len) for _ in range(num_videos)]
+
+
+def random_packed(lengths: list[int], frame_shape=(3, 4, 4), dtype=torch.float32, seed: int = 0) -> PackedVideos:
+    g = torch.Generator().manual_seed(seed)
+    frames = [torch.randn(n, *frame_shape, generator=g, dtype=torch.float64).to(dtype) for n in lengths]
+    return PackedVideos.from_list(frames)
