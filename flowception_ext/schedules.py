@@ -1,0 +1,200 @@
+"""Insertion schedulers κ and global-time distributions (SPEC §2, §3).
+
+``κ(t)`` is the probability that a non-starting frame is already present at global time ``t``;
+its hazard ``ρ(t) = κ'(t) / (1 - κ(t))`` drives insertions in the sampler and ``κ⁻¹`` draws
+insertion times in training. Every scheduler works on tensors (any float dtype) and floats.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "KappaScheduler",
+    "LinearKappa",
+    "PolynomialKappa",
+    "CosineKappa",
+    "kappa_from_name",
+    "TimeDistribution",
+    "LogitNormalTime",
+    "UniformTime",
+    "time_distribution_from_name",
+]
+
+TensorOrFloat = Union[Tensor, float]
+
+
+def _as_tensor(t: TensorOrFloat) -> Tensor:
+    return t if isinstance(t, Tensor) else torch.tensor(float(t), dtype=torch.float64)
+
+
+def _like_input(result: Tensor, t: TensorOrFloat) -> TensorOrFloat:
+    return result if isinstance(t, Tensor) else float(result)
+
+
+class KappaScheduler(ABC):
+    """A monotone map ``κ: [0, 1] → [0, 1]`` with ``κ(0) = 0`` and ``κ(1) = 1``."""
+
+    name: str
+
+    @abstractmethod
+    def _kappa(self, t: Tensor) -> Tensor: ...
+
+    @abstractmethod
+    def _derivative(self, t: Tensor) -> Tensor: ...
+
+    @abstractmethod
+    def _inverse(self, u: Tensor) -> Tensor: ...
+
+    def kappa(self, t: TensorOrFloat) -> TensorOrFloat:
+        """κ(t), with t clamped to [0, 1]."""
+        x = _as_tensor(t)
+        return _like_input(self._kappa(x.clamp(0, 1)), t)
+
+    def hazard(self, t: TensorOrFloat) -> TensorOrFloat:
+        """ρ(t) = κ'(t) / (1 − κ(t)) for t in [0, 1), and 0 for t ≥ 1."""
+        x = _as_tensor(t)
+        inside = x < 1
+        xc = torch.where(inside, x.clamp(0, 1), torch.zeros_like(x))
+        rho = self._derivative(xc) / (1 - self._kappa(xc))
+        return _like_input(torch.where(inside, rho, torch.zeros_like(rho)), t)
+
+    def inverse(self, u: TensorOrFloat) -> TensorOrFloat:
+        """κ⁻¹(u) for u in [0, 1]: insertion times are drawn as κ⁻¹(U(0, 1))."""
+        x = _as_tensor(u)
+        return _like_input(self._inverse(x.clamp(0, 1)), u)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name}
+
+
+@dataclass(frozen=True)
+class LinearKappa(KappaScheduler):
+    """κ(t) = t, ρ(t) = 1 / (1 − t), κ⁻¹(u) = u (the paper's default)."""
+
+    name = "linear"
+
+    def _kappa(self, t: Tensor) -> Tensor:
+        return t
+
+    def _derivative(self, t: Tensor) -> Tensor:
+        return torch.ones_like(t)
+
+    def _inverse(self, u: Tensor) -> Tensor:
+        return u
+
+
+@dataclass(frozen=True)
+class PolynomialKappa(KappaScheduler):
+    """κ(t) = t^p (p > 0): p > 1 inserts late, p < 1 early."""
+
+    power: float = 2.0
+    name = "polynomial"
+
+    def __post_init__(self) -> None:
+        if not self.power > 0:
+            raise ValueError(f"power must be > 0, got {self.power}")
+
+    def _kappa(self, t: Tensor) -> Tensor:
+        return t**self.power
+
+    def _derivative(self, t: Tensor) -> Tensor:
+        return self.power * t ** (self.power - 1)
+
+    def _inverse(self, u: Tensor) -> Tensor:
+        return u ** (1.0 / self.power)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "power": self.power}
+
+
+@dataclass(frozen=True)
+class CosineKappa(KappaScheduler):
+    """κ(t) = 1 − cos(πt/2): slow start, fast finish."""
+
+    name = "cosine"
+
+    def _kappa(self, t: Tensor) -> Tensor:
+        return 1 - torch.cos(0.5 * math.pi * t)
+
+    def _derivative(self, t: Tensor) -> Tensor:
+        return 0.5 * math.pi * torch.sin(0.5 * math.pi * t)
+
+    def _inverse(self, u: Tensor) -> Tensor:
+        return torch.acos(1 - u) * (2 / math.pi)
+
+
+def kappa_from_name(spec: str | dict | KappaScheduler) -> KappaScheduler:
+    """Build a scheduler from a name (``"linear"``, ``"cosine"``, ``"polynomial"``), a dict from
+    ``to_dict()`` or pass an instance through."""
+    if isinstance(spec, KappaScheduler):
+        return spec
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise TypeError(f"kappa must be a KappaScheduler, a name or a dict with 'name', got {spec!r}")
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    classes = {"linear": LinearKappa, "polynomial": PolynomialKappa, "cosine": CosineKappa}
+    if spec["name"] not in classes:
+        raise ValueError(f"unknown kappa scheduler {spec['name']!r}; expected one of {sorted(classes)}")
+    return classes[spec["name"]](**kwargs)
+
+
+class TimeDistribution(ABC):
+    """A distribution on [0, 1] for the fraction ``s`` in ``τ_g = s · τ_max`` (SPEC §3.3)."""
+
+    name: str
+
+    @abstractmethod
+    def sample(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
+               device: torch.device | str | None = None) -> Tensor: ...
+
+    def to_dict(self) -> dict:
+        return {"name": self.name}
+
+
+@dataclass(frozen=True)
+class LogitNormalTime(TimeDistribution):
+    """s = sigmoid(m + σ·z), z ~ N(0, 1) (default m = 0, σ = 1)."""
+
+    mean: float = 0.0
+    std: float = 1.0
+    name = "logit_normal"
+
+    def sample(self, shape, generator=None, device=None) -> Tensor:
+        z = torch.randn(shape, generator=generator, dtype=torch.float64, device=device)
+        return torch.sigmoid(self.mean + self.std * z)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "mean": self.mean, "std": self.std}
+
+
+@dataclass(frozen=True)
+class UniformTime(TimeDistribution):
+    """s ~ U(0, 1) (the paper's cost analysis assumes this)."""
+
+    name = "uniform"
+
+    def sample(self, shape, generator=None, device=None) -> Tensor:
+        return torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
+
+
+def time_distribution_from_name(spec: str | dict | TimeDistribution) -> TimeDistribution:
+    """Build a time distribution from ``"logit_normal"`` / ``"uniform"``, a dict, or an instance."""
+    if isinstance(spec, TimeDistribution):
+        return spec
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise TypeError(f"time distribution must be a TimeDistribution, a name or a dict with 'name', got {spec!r}")
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    classes = {"logit_normal": LogitNormalTime, "uniform": UniformTime}
+    if spec["name"] not in classes:
+        raise ValueError(f"unknown time distribution {spec['name']!r}; expected one of {sorted(classes)}")
+    return classes[spec["name"]](**kwargs)

@@ -1,0 +1,62 @@
+import math
+
+import pytest
+import torch
+
+from flowception_ext.schedules import (CosineKappa, LinearKappa, LogitNormalTime, PolynomialKappa, UniformTime,
+                                       kappa_from_name, time_distribution_from_name)
+
+SCHEDULERS = [LinearKappa(), PolynomialKappa(2.0), PolynomialKappa(0.5), CosineKappa()]
+
+
+@pytest.mark.parametrize("sched", SCHEDULERS, ids=lambda s: str(s.to_dict()))
+def test_hazard_matches_finite_differences(sched):
+    t = torch.linspace(0.02, 0.95, 200, dtype=torch.float64)
+    h = 1e-6
+    dk = (sched.kappa(t + h) - sched.kappa(t - h)) / (2 * h)
+    expected = dk / (1 - sched.kappa(t))
+    torch.testing.assert_close(sched.hazard(t), expected, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("sched", SCHEDULERS, ids=lambda s: str(s.to_dict()))
+def test_kappa_inverse_endpoints_monotone(sched):
+    u = torch.linspace(0, 1, 1001, dtype=torch.float64)
+    torch.testing.assert_close(sched.kappa(sched.inverse(u)), u, rtol=0, atol=1e-12)
+    assert sched.kappa(0.0) == 0.0 and abs(sched.kappa(1.0) - 1.0) < 1e-15
+    k = sched.kappa(u)
+    assert (k.diff() >= 0).all()
+    assert sched.hazard(1.0) == 0.0 and sched.hazard(1.5) == 0.0
+
+
+def test_linear_hazard_closed_form():
+    t = torch.tensor([0.0, 0.5, 0.9], dtype=torch.float64)
+    torch.testing.assert_close(LinearKappa().hazard(t), 1 / (1 - t))
+
+
+def test_float_in_float_out():
+    assert isinstance(LinearKappa().hazard(0.5), float)
+    assert math.isclose(CosineKappa().inverse(CosineKappa().kappa(0.3)), 0.3)
+
+
+def test_time_distributions():
+    g = torch.Generator().manual_seed(0)
+    for dist in (LogitNormalTime(), UniformTime()):
+        s = dist.sample((20000,), generator=g)
+        assert s.min() > 0 and s.max() < 1
+        assert abs(float(s.mean()) - 0.5) < 0.01
+    # logit-normal: logit(s) ~ N(0, 1)
+    s = LogitNormalTime().sample((20000,), generator=g)
+    z = torch.logit(s)
+    assert abs(float(z.std()) - 1.0) < 0.03
+
+
+def test_from_name_roundtrip_and_errors():
+    for sched in SCHEDULERS:
+        assert kappa_from_name(sched.to_dict()) == sched
+    assert time_distribution_from_name("uniform") == UniformTime()
+    with pytest.raises(ValueError, match="unknown kappa"):
+        kappa_from_name("quadratic")
+    with pytest.raises(ValueError, match="power"):
+        PolynomialKappa(0.0)
+    with pytest.raises(TypeError, match="kappa"):
+        kappa_from_name(3)
