@@ -247,6 +247,18 @@ class PackedVideos:
         insertable = self.insertable.new_ones(m).index_copy_(0, src_pos, self.insertable)
         return PackedVideos(frames, cu, times, is_context, insertable), src_pos, new_pos
 
+    def drop_context(self, videos: Tensor | None = None) -> "PackedVideos":
+        """Conditioning dropout for guidance: the context frames of the selected videos (bool ``[B]``;
+        all videos if ``None``) become ordinary clean frames (``is_context = False``, ``t = 1``), so the
+        model sees no context channel for them. Frames, times and ``insertable`` are unchanged, so
+        training (``p_uncond``) and the unconditional pass of guided sampling see the same states.
+        """
+        if videos is None:
+            return self.replace(is_context=torch.zeros_like(self.is_context))
+        if videos.dtype != torch.bool or videos.shape != (self.num_videos,):
+            raise ValueError(f"videos must be a bool [{self.num_videos}] mask, got {videos.dtype} {tuple(videos.shape)}")
+        return self.replace(is_context=self.is_context & ~videos[self.video_index])
+
     def validate(self) -> "PackedVideos":
         """Check every invariant (reads values, so it syncs); returns self. Raises ValueError naming the field."""
         cu = self.cu_seqlens.tolist()
