@@ -1,0 +1,6 @@
+"""The DiT backbone of Flowception (and of the baselines)."""
+
+from .config import PRESETS, FlowceptionConfig
+from .dit import FlowceptionDiT
+
+__all__ = ["FlowceptionConfig", "FlowceptionDiT", "PRESETS"]

@@ -1,0 +1,137 @@
+"""FlowceptionConfig: the hyper-parameters of the DiT backbone, with size presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["FlowceptionConfig", "PRESETS"]
+
+# name -> (depth, hidden_size, num_heads). "paper" is the size of the paper's video models
+# (38 blocks, width 1536, 24 heads): constructible, not trained here.
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(depth=4, hidden_size=96, num_heads=4),
+    "small": dict(depth=8, hidden_size=256, num_heads=4),
+    "base": dict(depth=12, hidden_size=512, num_heads=8),
+    "large": dict(depth=24, hidden_size=1024, num_heads=16),
+    "paper": dict(depth=38, hidden_size=1536, num_heads=24),
+}
+
+
+@dataclass
+class FlowceptionConfig:
+    """Hyper-parameters of :class:`FlowceptionDiT`.
+
+    Attributes:
+        in_channels: channels ``C`` of a frame (pixels or latents).
+        frame_size: ``(H, W)`` of a frame; each must be divisible by ``patch_size``.
+        patch_size: side ``p`` of the square patches; a frame has ``(H/p)(W/p)`` patch tokens + 1 rate token.
+        depth, hidden_size, num_heads, mlp_ratio: transformer size (``hidden_size / num_heads``
+            must be even and divisible into the three rotary axes).
+        window: attention window in frames (a frame sees frames within ``±window`` of its
+            video); ``None`` = every frame of the video.
+        attention: ``"bidirectional"`` (Flowception, full-sequence) or ``"causal"`` (frame-causal,
+            the autoregressive baseline: a frame sees itself and the frames before it).
+        num_classes: class labels for conditioning (0 = unconditional). Label ``num_classes`` is
+            the null label used for guidance.
+        rate_head: predict per-frame insertion log-rates (False for the baselines).
+        log_rate_clamp: clamp of the predicted log-rate, for a stable ``λ = exp(log_rate)``.
+        rope_theta: base of the rotary frequencies.
+    """
+
+    in_channels: int = 3
+    frame_size: tuple[int, int] = (32, 32)
+    patch_size: int = 4
+    depth: int = 4
+    hidden_size: int = 96
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    window: int | None = None
+    attention: Literal["bidirectional", "causal"] = "bidirectional"
+    num_classes: int = 0
+    rate_head: bool = True
+    log_rate_clamp: tuple[float, float] = (-12.0, 8.0)
+    rope_theta: float = 10000.0
+    layer_norm_eps: float = 1e-6
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form metadata saved with the model
+
+    def __post_init__(self) -> None:
+        if isinstance(self.frame_size, int):
+            self.frame_size = (self.frame_size, self.frame_size)
+        self.frame_size = tuple(int(s) for s in self.frame_size)  # type: ignore[assignment]
+        self.log_rate_clamp = tuple(float(v) for v in self.log_rate_clamp)  # type: ignore[assignment]
+        self.validate()
+
+    def validate(self) -> None:
+        def positive(name: str) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+        for name in ("in_channels", "patch_size", "depth", "hidden_size", "num_heads"):
+            positive(name)
+        if len(self.frame_size) != 2 or min(self.frame_size) < 1:
+            raise ValueError(f"frame_size must be (H, W) with H, W >= 1, got {self.frame_size}")
+        h, w = self.frame_size
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(f"frame_size {self.frame_size} must be divisible by patch_size {self.patch_size}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}")
+        if self.head_dim % 2 or self.head_dim < 6:
+            raise ValueError(f"head dim (hidden_size / num_heads = {self.head_dim}) must be even and >= 6 for 3-axis rotary embeddings")
+        if self.window is not None and (not isinstance(self.window, int) or self.window < 0):
+            raise ValueError(f"window must be None or an integer >= 0, got {self.window!r}")
+        if self.attention not in ("bidirectional", "causal"):
+            raise ValueError(f"attention must be 'bidirectional' or 'causal', got {self.attention!r}")
+        if not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise ValueError(f"num_classes must be an integer >= 0, got {self.num_classes!r}")
+        if not self.mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        lo, hi = self.log_rate_clamp
+        if not lo < hi:
+            raise ValueError(f"log_rate_clamp must be (low, high) with low < high, got {self.log_rate_clamp}")
+
+    # ---- derived sizes -----------------------------------------------------------------
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return self.frame_size[0] // self.patch_size, self.frame_size[1] // self.patch_size
+
+    @property
+    def patch_tokens(self) -> int:
+        gh, gw = self.grid_size
+        return gh * gw
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """Patch tokens plus the rate token."""
+        return self.patch_tokens + 1
+
+    # ---- construction / serialisation --------------------------------------------------
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "FlowceptionConfig":
+        """A preset size (``tiny``, ``small``, ``base``, ``large``, ``paper``) with any field overridden."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FlowceptionConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown FlowceptionConfig fields {unknown}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)

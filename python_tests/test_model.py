@@ -1,0 +1,176 @@
+"""FlowceptionDiT: packing exactness, locality of windowed attention, persistence, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from flowception_ext import FlowceptionConfig, FlowceptionDiT, PackedVideos
+from flowception_ext.model.config import PRESETS
+
+
+def make_model(seed: int = 0, **overrides) -> FlowceptionDiT:
+    """A tiny model with random (not adaLN-Zero) weights, so every path contributes."""
+    kwargs = dict(in_channels=2, frame_size=(4, 6), patch_size=2, depth=2, hidden_size=48, num_heads=4)
+    kwargs.update(overrides)
+    torch.manual_seed(seed)
+    model = FlowceptionDiT(FlowceptionConfig(**kwargs))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.08)
+    return model.eval()
+
+
+def make_videos(lengths, seed=0, channels=2, size=(4, 6), context_every=3) -> PackedVideos:
+    g = torch.Generator().manual_seed(seed)
+    frames = [torch.randn(n, channels, *size, generator=g) for n in lengths]
+    times = [torch.rand(n, generator=g) for n in lengths]
+    ctx = [torch.arange(n) % context_every == 0 for n in lengths]
+    times = [torch.where(c, torch.ones_like(t), t) for t, c in zip(times, ctx)]
+    return PackedVideos.from_list(frames, times=times, is_context=ctx)
+
+
+@pytest.mark.parametrize("window", [None, 0, 1, 3])
+@pytest.mark.parametrize("attention", ["bidirectional", "causal"])
+def test_packing_is_exact(window, attention):
+    model = make_model(window=window, attention=attention, num_classes=3)
+    lengths = [3, 1, 6, 4]
+    videos = make_videos(lengths)
+    labels = torch.tensor([0, 2, 3, 1])
+    with torch.no_grad():
+        vel, rate = model(videos, labels)
+        for b, n in enumerate(lengths):
+            lo, hi = int(videos.cu_seqlens[b]), int(videos.cu_seqlens[b + 1])
+            alone = PackedVideos.from_list([videos.frames[lo:hi]], times=[videos.times[lo:hi]],
+                                           is_context=[videos.is_context[lo:hi]])
+            v1, r1 = model(alone, labels[b : b + 1])
+            assert (vel[lo:hi] - v1).abs().max() <= 1e-5
+            assert (rate[lo:hi] - r1).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("window", [0, 1, 2])
+def test_window_locality_one_block(window):
+    model = make_model(depth=1, window=window)
+    videos = make_videos([7])
+    f = 3
+    with torch.no_grad():
+        base, base_rate = model(videos)
+        for g in range(7):
+            frames = videos.frames.clone()
+            frames[g] += torch.randn_like(frames[g])
+            vel, rate = model(videos.replace(frames=frames))
+            changed = (vel[f] - base[f]).abs().max() > 1e-6 or (rate[f] - base_rate[f]).abs() > 1e-6
+            assert changed == (abs(g - f) <= window), (g, f)
+
+
+def test_causal_frames_do_not_see_the_future():
+    model = make_model(depth=2, attention="causal")
+    videos = make_videos([5])
+    with torch.no_grad():
+        base, _ = model(videos)
+        frames = videos.frames.clone()
+        frames[3] += 1.0
+        vel, _ = model(videos.replace(frames=frames))
+    assert torch.equal(vel[:3], base[:3])
+    assert not torch.allclose(vel[3:], base[3:])
+
+
+def test_zero_init_outputs():
+    cfg = FlowceptionConfig(in_channels=2, frame_size=(4, 6), patch_size=2, depth=2, hidden_size=48, num_heads=4)
+    vel, rate = FlowceptionDiT(cfg)(make_videos([2, 3]))
+    assert torch.equal(vel, torch.zeros_like(vel)) and torch.equal(rate, torch.zeros_like(rate))
+
+
+def test_context_channel_is_used():
+    model = make_model(depth=1)
+    videos = make_videos([4], context_every=10)  # only frame 0 is context
+    with torch.no_grad():
+        a, _ = model(videos)
+        b, _ = model(videos.drop_context())
+    assert not torch.allclose(a, b)
+
+
+def test_save_and_load_roundtrip(tmp_path):
+    model = make_model(num_classes=2, window=1)
+    model.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["window"] == 1
+    loaded = FlowceptionDiT.from_pretrained(tmp_path / "m")
+    videos = make_videos([3, 2])
+    with torch.no_grad():
+        for x, y in zip(model(videos), loaded(videos)):
+            assert torch.equal(x, y)
+    model.save_pretrained(tmp_path / "m")  # overwriting an existing directory works
+
+
+def test_load_refuses_pickle_and_bad_files(tmp_path):
+    model = make_model()
+    model.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    torch.save(model.state_dict(), weights)  # a pickle payload under the safetensors name
+    with pytest.raises(ValueError, match="model.safetensors"):
+        FlowceptionDiT.from_pretrained(tmp_path / "m")
+    model.save_pretrained(tmp_path / "m")
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated
+    with pytest.raises(ValueError, match="model.safetensors"):
+        FlowceptionDiT.from_pretrained(tmp_path / "m")
+    model.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text('{"depth": 3, "bogus": 1}')
+    with pytest.raises(ValueError, match="config.json"):
+        FlowceptionDiT.from_pretrained(tmp_path / "m")
+
+
+def test_presets():
+    for name in PRESETS:
+        cfg = FlowceptionConfig.from_preset(name, in_channels=4, frame_size=32, patch_size=2, window=2)
+        assert cfg.window == 2 and cfg.frame_size == (32, 32)
+    paper = FlowceptionConfig.from_preset("paper", in_channels=16, frame_size=(8, 8), patch_size=2)
+    assert (paper.depth, paper.hidden_size, paper.num_heads) == (38, 1536, 24)
+    with torch.device("meta"):  # constructible without allocating 2B parameters
+        model = FlowceptionDiT(paper)
+    assert sum(p.numel() for p in model.parameters()) > 1e9
+    with pytest.raises(ValueError, match="unknown preset"):
+        FlowceptionConfig.from_preset("huge")
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(frame_size=(5, 6)), "divisible by patch_size"),
+        (dict(hidden_size=50), "divisible by num_heads"),
+        (dict(window=-2), "window"),
+        (dict(attention="sideways"), "attention"),
+        (dict(depth=0), "depth"),
+    ],
+)
+def test_config_errors(overrides, match):
+    kwargs = dict(in_channels=2, frame_size=(4, 6), patch_size=2, depth=2, hidden_size=48, num_heads=4)
+    with pytest.raises(ValueError, match=match):
+        FlowceptionConfig(**{**kwargs, **overrides})
+
+
+def test_forward_bad_input():
+    model = make_model(num_classes=2)
+    good = make_videos([2, 3])
+    with pytest.raises(ValueError, match="frames must have frames of shape"):
+        model(make_videos([2], channels=3))
+    with pytest.raises(ValueError, match="frames must have frames of shape"):
+        model(make_videos([2], size=(4, 4)))
+    with pytest.raises(ValueError, match="times"):
+        model(good.replace(times=good.times * 2))
+    with pytest.raises(ValueError, match="times"):
+        model(good.replace(times=torch.full_like(good.times, float("nan"))))
+    with pytest.raises(ValueError, match="is_context"):
+        model(good.replace(is_context=good.is_context[:-1]))
+    with pytest.raises(ValueError, match="empty"):
+        model(PackedVideos.from_list([torch.zeros(0, 2, 4, 6)]))
+    with pytest.raises(ValueError, match="labels"):
+        model(good, torch.tensor([0]))
+    with pytest.raises(ValueError, match="labels"):
+        model(good, torch.tensor([0, 5]))
+    with pytest.raises(TypeError, match="PackedVideos"):
+        model(good.frames)
+    with pytest.raises(ValueError, match="unconditional"):
+        make_model()(good, torch.tensor([0, 1]))
