@@ -24,7 +24,7 @@ from ..checkpoint import atomic_directory, load_json, load_tensors, save_json, s
 from ..packing import PackedVideos
 from .config import FlowceptionConfig
 
-__all__ = ["FlowceptionDiT"]
+__all__ = ["FlowceptionDiT", "KVCache"]
 
 
 # ---- embeddings -------------------------------------------------------------------------
@@ -109,6 +109,52 @@ def frame_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, tokens_
     return out
 
 
+class LayerCache:
+    """Keys/values of the committed frames for one block: ``(B, H, T_past, d)``."""
+
+    def __init__(self) -> None:
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+        self.pending: tuple[Tensor, Tensor] | None = None
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, tokens_per_frame: int, window: int) -> Tensor:
+        """Attention of one new frame per video (``q, k, v: (B·P, H, d)``) to the cached frames
+        within the window and to itself. Remembers this frame's keys/values for :meth:`commit`."""
+        q, k, v = (t.unflatten(0, (-1, tokens_per_frame)).transpose(1, 2) for t in (q, k, v))  # (B, H, P, d)
+        self.pending = (k, v)
+        if self.k is not None and window != 0:
+            past = slice(None) if window < 0 else slice(-window * tokens_per_frame, None)
+            k = torch.cat([self.k[:, :, past], k], dim=2)
+            v = torch.cat([self.v[:, :, past], v], dim=2)
+        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(0, 1)  # (B·P, H, d)
+
+    def commit(self) -> None:
+        if self.pending is None:
+            raise RuntimeError("nothing to commit: run the model on the frame first")
+        k, v = self.pending
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        self.pending = None
+
+
+class KVCache:
+    """Key/value cache for frame-causal models (the autoregressive baseline).
+
+    Run the model with ``cache=`` on one new frame per video: it attends to the committed
+    frames and to itself. Once the frame is final, run it once more as a clean context frame
+    and call :meth:`commit` to append its keys/values.
+    """
+
+    def __init__(self, depth: int) -> None:
+        self.layers = [LayerCache() for _ in range(depth)]
+        self.num_frames = 0
+
+    def commit(self) -> None:
+        for layer in self.layers:
+            layer.commit()
+        self.num_frames += 1
+
+
 # ---- the transformer --------------------------------------------------------------------
 
 
@@ -127,14 +173,18 @@ class DiTBlock(nn.Module):
         self.fc2 = nn.Linear(hidden, d)
         self.ada = nn.Linear(d, 6 * d)
 
-    def forward(self, x: Tensor, c: Tensor, rope: tuple[Tensor, Tensor], attn: dict) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, rope: tuple[Tensor, Tensor], attn: dict,
+                cache: LayerCache | None = None) -> Tensor:
         # x: (T, D) tokens; c: (F, D) per-frame conditioning
         p = attn["tokens_per_frame"]
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(F.silu(c)).chunk(6, dim=-1)
         h = modulate(x, shift1, scale1, p, self.eps)
         q, k, v = self.qkv(h).unflatten(-1, (3, self.num_heads, -1)).unbind(1)  # (T, H, d) each
         q, k = apply_rope(q, *rope).to(v.dtype), apply_rope(k, *rope).to(v.dtype)
-        a = frame_attention(q, k, v, **attn).flatten(1)  # (T, D)
+        if cache is None:
+            a = frame_attention(q, k, v, **attn).flatten(1)  # (T, D)
+        else:
+            a = cache.attend(q, k, v, p, attn["window"]).flatten(1)
         x = gated_residual(x, self.proj(a), gate1, p)
         h = modulate(x, shift2, scale2, p, self.eps)
         return gated_residual(x, self.fc2(F.gelu(self.fc1(h), approximate="tanh")), gate2, p)
@@ -208,15 +258,16 @@ class FlowceptionDiT(nn.Module):
             if bool((labels < 0).any() | (labels > cfg.num_classes).any()):
                 raise ValueError(f"labels must lie in [0, {cfg.num_classes}] ({cfg.num_classes} = null label)")
 
-    def token_positions(self, videos: PackedVideos) -> Tensor:
-        """(frame position, row, column) of every token, ``[T, 3]``; rate tokens at the frame centre."""
+    def token_positions(self, videos: PackedVideos, frame_offset: int = 0) -> Tensor:
+        """(frame position, row, column) of every token, ``[T, 3]``; rate tokens at the frame centre.
+        ``frame_offset`` shifts frame positions (frames after ``frame_offset`` cached ones)."""
         gh, gw = self.config.grid_size
         dev = videos.frames.device
         rows = torch.arange(gh, device=dev, dtype=torch.float32).repeat_interleave(gw)
         cols = torch.arange(gw, device=dev, dtype=torch.float32).repeat(gh)
         spatial = torch.stack([rows, cols], dim=-1)
         spatial = torch.cat([spatial, spatial.new_tensor([[(gh - 1) / 2, (gw - 1) / 2]])])  # (P, 2)
-        frame = videos.position.to(torch.float32)
+        frame = (videos.position + frame_offset).to(torch.float32)
         p = spatial.shape[0]
         return torch.cat([frame.repeat_interleave(p)[:, None], spatial.repeat(videos.num_frames, 1)], dim=-1)
 
@@ -229,11 +280,21 @@ class FlowceptionDiT(nn.Module):
             c = c + self.label_embedding(labels)[videos.video_index]
         return c
 
-    def forward(self, videos: PackedVideos, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(self, videos: PackedVideos, labels: Tensor | None = None, *,
+                cache: KVCache | None = None) -> tuple[Tensor, Tensor | None]:
         """Velocity ``[N, C, H, W]`` for every frame and log insertion rate ``[N]`` for the slot
-        right of every frame (``None`` when ``config.rate_head`` is False)."""
+        right of every frame (``None`` when ``config.rate_head`` is False).
+
+        With ``cache`` (frame-causal models only), ``videos`` holds exactly one frame per video,
+        placed after the ``cache.num_frames`` committed ones (see :class:`KVCache`).
+        """
         self.check_inputs(videos, labels)
         cfg = self.config
+        if cache is not None:
+            if cfg.attention != "causal":
+                raise ValueError("a KV cache needs a frame-causal model (config.attention = 'causal')")
+            if bool((videos.lengths != 1).any()):
+                raise ValueError(f"with a KV cache, videos must hold exactly one frame per video, got lengths {videos.lengths.tolist()}")
         p, (gh, gw) = cfg.patch_size, cfg.grid_size
         dtype = self.patch_embed.weight.dtype
         frames = videos.frames.to(dtype)
@@ -243,12 +304,13 @@ class FlowceptionDiT(nn.Module):
         x = torch.cat([x, self.rate_token.to(dtype).expand(x.shape[0], 1, -1)], dim=1).flatten(0, 1)  # (T, D)
 
         c = self.conditioning(videos, labels)  # (N, D)
-        angles = rope_angles(self.token_positions(videos), cfg.head_dim, cfg.rope_theta)[:, None]  # (T, 1, d/2)
+        offset = 0 if cache is None else cache.num_frames
+        angles = rope_angles(self.token_positions(videos, offset), cfg.head_dim, cfg.rope_theta)[:, None]  # (T, 1, d/2)
         rope = (torch.cos(angles).to(dtype), torch.sin(angles).to(dtype))
         attn = dict(cu_seqlens=videos.cu_seqlens, tokens_per_frame=cfg.tokens_per_frame,
                     window=-1 if cfg.window is None else cfg.window, causal=cfg.attention == "causal")
-        for block in self.blocks:
-            x = block(x, c, rope, attn)
+        for i, block in enumerate(self.blocks):
+            x = block(x, c, rope, attn, None if cache is None else cache.layers[i])
 
         shift, scale = self.final_ada(F.silu(c)).chunk(2, dim=-1)
         h = modulate(x, shift, scale, cfg.tokens_per_frame, cfg.layer_norm_eps).unflatten(0, (-1, cfg.tokens_per_frame))
