@@ -1,0 +1,400 @@
+"""Trainer: AdamW, warm-up + cosine LR, gradient clipping, EMA, bf16 autocast, gradient
+accumulation, frame-budget batches, DistributedDataParallel, crash-safe checkpoints.
+
+Determinism and resuming. Every micro-batch draws its training state from a generator seeded
+by ``(seed, step, micro-batch index)``, and the data order is a function of ``(seed, epoch)``
+(:class:`~flowception_ext.data.FrameBudgetBatchSampler`). A checkpoint therefore needs only the
+weights, the EMA, the optimizer moments and the data position to continue exactly, and
+``N`` processes with ``A`` accumulation steps see the same micro-batches as one process with
+``N·A`` accumulation steps: micro-batch ``m`` of a step is global batch ``step·N·A + m``.
+
+Checkpoints are directories ``<out>/checkpoints/step_XXXXXXXX`` (``config.json``,
+``model.safetensors``, ``ema.safetensors``, ``optimizer.safetensors``, ``trainer_state.json``),
+each built under a temporary name and renamed into place, then published by rewriting
+``<out>/checkpoints/latest`` atomically. A crash at any moment leaves the previous checkpoint
+whole and ``latest`` pointing at a complete one. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .checkpoint import atomic_directory, load_json, load_tensors, save_json, save_tensors
+from .data import FrameBudgetBatchSampler, collate_videos
+from .losses import flowception_loss
+from .model import FlowceptionDiT
+from .noising import NoisingConfig, make_training_state
+from .packing import PackedVideos
+
+__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "latest_checkpoint"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last checkpoint written before it is intact."""
+
+
+@dataclass
+class TrainConfig:
+    """Training hyper-parameters (all JSON-serialisable).
+
+    ``frames_per_batch`` is the frame budget of one micro-batch (one process, one accumulation
+    step); a step sees ``world_size × grad_accum`` micro-batches.
+    """
+
+    steps: int = 1000
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    frames_per_batch: int = 256
+    grad_accum: int = 1
+    bf16: bool = False
+    seed: int = 0
+    objective: str = "flowception"  # or "full_sequence", "autoregressive" (the baselines)
+    noising: NoisingConfig = field(default_factory=NoisingConfig)
+    insertion_weight: float = 1.0
+    out_dir: str = "runs/default"
+    log_every: int = 10
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    preview_every: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.noising, dict):
+            self.noising = NoisingConfig.from_dict(self.noising)
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        for name in ("steps", "frames_per_batch", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.warmup_steps < 0 or self.preview_every < 0:
+            raise ValueError("warmup_steps and preview_every must be >= 0")
+        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"lr must be > 0 and min_lr_ratio in [0, 1], got {self.lr}, {self.min_lr_ratio}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {self.objective!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["noising"] = self.noising.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}")
+        return cls(**data)
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up to ``lr``, then cosine decay to ``min_lr_ratio · lr`` at ``steps``."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps))
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _flowception_objective(model, videos, labels, generator, config: TrainConfig):
+    state = make_training_state(videos, generator=generator, config=config.noising)
+    if labels is not None and model.config.num_classes:
+        labels = torch.where(state.cond_dropped, model.null_label, labels)
+    velocity, log_rate = model(state.inputs, labels)
+    return flowception_loss(velocity, log_rate, state, insertion_weight=config.insertion_weight)
+
+
+def _baseline_objective(make_state):
+    def objective(model, videos, labels, generator, config: TrainConfig):
+        state = make_state(videos, generator=generator, config=config.noising)
+        if labels is not None and model.config.num_classes:
+            labels = torch.where(state.cond_dropped, model.null_label, labels)
+        velocity, _ = model(state.inputs, labels)
+        return flowception_loss(velocity, None, state, insertion_weight=0.0)
+    return objective
+
+
+def _objectives() -> dict[str, Callable]:
+    from .baselines.training import make_autoregressive_state, make_full_sequence_state
+    return {
+        "flowception": _flowception_objective,
+        "full_sequence": _baseline_objective(make_full_sequence_state),
+        "autoregressive": _baseline_objective(make_autoregressive_state),
+    }
+
+
+OBJECTIVES = ("flowception", "full_sequence", "autoregressive")
+
+
+def _micro_seed(seed: int, step: int, micro: int) -> int:
+    digest = hashlib.sha256(f"{seed}/{step}/{micro}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run directory, or ``None``."""
+    ckpt_dir = Path(out_dir) / "checkpoints"
+    pointer = ckpt_dir / "latest"
+    if pointer.is_file():
+        name = load_json(pointer)["name"]
+        if (ckpt_dir / name / "trainer_state.json").is_file():
+            return ckpt_dir / name
+    complete = sorted(p for p in ckpt_dir.glob("step_*") if (p / "trainer_state.json").is_file())
+    return complete[-1] if complete else None
+
+
+class Trainer:
+    """Train a :class:`FlowceptionDiT` (or a baseline on the same backbone) on a video dataset.
+
+    ``dataset`` items are clean videos ``[n, C, H, W]`` (or ``(video, label)`` pairs for
+    class-conditional models), and it exposes ``lengths`` (frames of each item).
+    Launch under ``torchrun --nproc-per-node N`` for DistributedDataParallel (gloo on the CPU,
+    nccl on GPUs); logging and checkpoints then come from rank 0 only.
+    """
+
+    def __init__(self, model: FlowceptionDiT, dataset, config: TrainConfig,
+                 preview: Callable[["Trainer", int], None] | None = None) -> None:
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+        self.config = config
+        self.dataset = dataset
+        self.preview = preview
+        self.objective = _objectives()[config.objective]
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world_size = dist.get_world_size() if self.distributed else 1
+        self.model = model
+        self.ddp = nn.parallel.DistributedDataParallel(model) if self.distributed else None
+        self.net = model if self.ddp is None else _DDPModel(self.ddp, model)
+        self.ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            (no_decay if p.dim() < 2 or "embedding" in name or name.endswith("rate_token") else decay).append(p)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.lr, betas=config.betas)
+        micro_per_step = self.world_size * config.grad_accum
+        lengths = list(dataset.lengths)
+        # Micro-batch a of this rank is shard (a·world_size + rank) of world_size·grad_accum.
+        self.samplers = [FrameBudgetBatchSampler(lengths, config.frames_per_batch, shuffle=True, seed=config.seed,
+                                                 rank=a * self.world_size + self.rank, world_size=micro_per_step)
+                         for a in range(config.grad_accum)]
+        self._iters = [iter(s) for s in self.samplers]
+        self.step = 0
+        self.out_dir = Path(config.out_dir)
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    # ---- data ---------------------------------------------------------------------------
+
+    def _next_batch(self, a: int) -> tuple[PackedVideos, Tensor | None]:
+        try:
+            indices = next(self._iters[a])
+        except StopIteration:  # the sampler moved to the next epoch
+            self._iters[a] = iter(self.samplers[a])
+            indices = next(self._iters[a])
+        items = [self.dataset[i] for i in indices]
+        labels = None
+        if items and isinstance(items[0], tuple):
+            labels = torch.tensor([int(item[1]) for item in items], dtype=torch.int64)
+            items = [item[0] for item in items]
+        device = next(self.model.parameters()).device
+        return collate_videos(items).to(device), None if labels is None else labels.to(device)
+
+    # ---- one step -----------------------------------------------------------------------
+
+    def train_step(self) -> dict[str, float]:
+        cfg = self.config
+        self.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr_at(self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        totals = {"loss": 0.0, "velocity": 0.0, "insertion": 0.0}
+        frames = 0
+        for a in range(cfg.grad_accum):
+            videos, labels = self._next_batch(a)
+            frames += videos.num_frames
+            micro = a * self.world_size + self.rank
+            generator = torch.Generator(device=videos.frames.device).manual_seed(_micro_seed(cfg.seed, self.step, micro))
+            sync = self.ddp is None or a == cfg.grad_accum - 1
+            ctx = self.ddp.no_sync() if (self.ddp is not None and not sync) else contextlib.nullcontext()
+            with ctx, torch.autocast(videos.frames.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss = self.objective(self.net, videos, labels, generator, cfg)
+                (loss.total / cfg.grad_accum).backward()
+            totals["loss"] += float(loss.total) / cfg.grad_accum
+            totals["velocity"] += float(loss.velocity) / cfg.grad_accum
+            totals["insertion"] += float(loss.insertion) / cfg.grad_accum
+        if self.distributed:
+            t = torch.tensor([totals["loss"], totals["velocity"], totals["insertion"], frames], dtype=torch.float64)
+            dist.all_reduce(t)
+            totals = {"loss": float(t[0]) / self.world_size, "velocity": float(t[1]) / self.world_size,
+                      "insertion": float(t[2]) / self.world_size}
+            frames = int(t[3])
+        if not math.isfinite(totals["loss"]):
+            raise TrainingDiverged(
+                f"loss is {totals['loss']} at step {self.step}; stopping. The last checkpoint "
+                f"({latest_checkpoint(self.out_dir) or 'none written yet'}) is intact.")
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self._update_ema()
+        self.step += 1
+        return {**totals, "grad_norm": float(grad_norm), "lr": cfg.lr_at(self.step - 1), "frames": frames}
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+        for name, value in self.model.state_dict().items():
+            ema = self.ema[name]
+            if value.is_floating_point():
+                ema.mul_(decay).add_(value.float(), alpha=1 - decay)
+            else:
+                ema.copy_(value)
+
+    # ---- the loop -----------------------------------------------------------------------
+
+    def fit(self) -> dict[str, float]:
+        """Train until ``config.steps``, logging, previewing and checkpointing on the way."""
+        cfg = self.config
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not cfg.progress or self.rank != 0)
+        last: dict[str, float] = {}
+        window_frames, window_start = 0, time.perf_counter()
+        while self.step < cfg.steps:
+            metrics = self.train_step()
+            window_frames += metrics["frames"]
+            last = metrics
+            if self.rank == 0:
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    elapsed = time.perf_counter() - window_start
+                    record = {"step": self.step, **{k: round(v, 6) for k, v in metrics.items()},
+                              "frames_per_s": round(window_frames / max(elapsed, 1e-9), 1)}
+                    self._append_metrics(record)
+                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", fps=f"{record['frames_per_s']:.0f}")
+                    window_frames, window_start = 0, time.perf_counter()
+            if cfg.preview_every and self.step % cfg.preview_every == 0 and self.preview is not None and self.rank == 0:
+                self.preview(self, self.step)
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self.save_checkpoint()
+        bar.close()
+        return last
+
+    def _append_metrics(self, record: dict) -> None:
+        with open(self.out_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # ---- checkpoints --------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path | None:
+        """Write ``checkpoints/step_XXXXXXXX`` and publish it as ``latest`` (rank 0; others wait)."""
+        path = None
+        if self.rank == 0:
+            ckpt_dir = self.out_dir / "checkpoints"
+            path = ckpt_dir / f"step_{self.step:08d}"
+            with atomic_directory(path) as tmp:
+                save_json(tmp / "config.json", self.model.config.to_dict())
+                save_tensors(tmp / "model.safetensors", self.model.state_dict())
+                save_tensors(tmp / "ema.safetensors", self.ema)
+                tensors, groups = _optimizer_to_tensors(self.optimizer)
+                save_tensors(tmp / "optimizer.safetensors", tensors)
+                save_json(tmp / "trainer_state.json", {
+                    "step": self.step,
+                    "train_config": self.config.to_dict(),
+                    "world_size": self.world_size,
+                    "optimizer_param_groups": groups,
+                    "samplers": [s.state_dict() for s in self.samplers],
+                })
+            save_json(ckpt_dir / "latest", {"name": path.name})
+            old = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir())[:-self.config.keep_checkpoints]
+            for p in old:
+                shutil.rmtree(p, ignore_errors=True)
+        if self.distributed:
+            dist.barrier()
+        return path
+
+    def resume(self, directory: str | Path | None = None) -> int:
+        """Continue from a checkpoint directory (default: the latest of ``config.out_dir``).
+        Returns the step reached. Raises FileNotFoundError when there is none."""
+        directory = Path(directory) if directory is not None else latest_checkpoint(self.out_dir)
+        if directory is None:
+            raise FileNotFoundError(f"no checkpoint to resume from in {self.out_dir / 'checkpoints'}")
+        state = load_json(directory / "trainer_state.json")
+        if state.get("world_size", 1) * len(state["samplers"]) != self.world_size * self.config.grad_accum:
+            raise ValueError(f"{directory} was written with world_size × grad_accum = "
+                             f"{state['world_size'] * len(state['samplers'])}; this run has "
+                             f"{self.world_size * self.config.grad_accum}, so it cannot continue exactly")
+        model_state = load_tensors(directory / "model.safetensors")
+        try:
+            self.model.load_state_dict(model_state)
+        except RuntimeError as exc:
+            raise ValueError(f"{directory / 'model.safetensors'} does not match the model: {exc}") from None
+        ema = load_tensors(directory / "ema.safetensors")
+        if set(ema) != set(self.ema):
+            raise ValueError(f"{directory / 'ema.safetensors'} does not match the model")
+        self.ema = {k: v.float() for k, v in ema.items()}
+        _optimizer_from_tensors(self.optimizer, load_tensors(directory / "optimizer.safetensors"),
+                                state["optimizer_param_groups"], directory / "optimizer.safetensors")
+        # Every rank has consumed as many batches as rank 0, whose positions were saved.
+        for sampler, s in zip(self.samplers, state["samplers"]):
+            sampler.load_state_dict(s)
+        self._iters = [iter(s) for s in self.samplers]
+        self.step = int(state["step"])
+        return self.step
+
+
+class _DDPModel(nn.Module):
+    """Call the DDP wrapper but expose the wrapped model's attributes (config, null_label)."""
+
+    def __init__(self, ddp: nn.parallel.DistributedDataParallel, model: FlowceptionDiT) -> None:
+        super().__init__()
+        object.__setattr__(self, "_ddp", ddp)
+        object.__setattr__(self, "_model", model)
+
+    def forward(self, *args, **kwargs):
+        return self._ddp(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(object.__getattribute__(self, "_model"), name)
+
+
+def _optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], list[dict]]:
+    sd = optimizer.state_dict()
+    tensors = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            tensors[f"{idx}.{key}"] = value if isinstance(value, Tensor) else torch.tensor(value)
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, groups
+
+
+def _optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], groups: list[dict],
+                            path: Path) -> None:
+    state: dict[int, dict[str, Tensor]] = {}
+    for name, value in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise ValueError(f"{path} does not match the optimizer: {exc}") from None
