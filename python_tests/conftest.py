@@ -36,3 +36,14 @@ def random_packed(lengths: list[int], frame_shape=(3, 4, 4), dtype=torch.float32
     g = torch.Generator().manual_seed(seed)
     frames = [torch.randn(n, *frame_shape, generator=g, dtype=torch.float64).to(dtype) for n in lengths]
     return PackedVideos.from_list(frames)
+
+
+def pytest_sessionstart(session):
+    """With FLOWCEPTION_REQUIRE_EXTENSION=1 (set by scripts/test.sh), refuse to test the
+    pure-PyTorch fallback by accident: the compiled kernels must be loaded."""
+    import os
+
+    if os.environ.get("FLOWCEPTION_REQUIRE_EXTENSION") == "1" and not flowception_ext.build_info()["cpu_kernels"]:
+        raise pytest.UsageError(
+            f"FLOWCEPTION_REQUIRE_EXTENSION=1 but the compiled extension is not loaded: "
+            f"{flowception_ext.build_info()['fallback_reason']}")

@@ -13,10 +13,14 @@ fi
 # the build backend: the extension is built against the torch installed here.
 python -m pip install -q torch==2.13.0
 python -m pip install -q "scikit-build-core>=0.10"
-# verbose in CI, so the log shows the CMake configuration and the nvcc compile check
-python -m pip install ${CI:+-v} -q --no-build-isolation "$ROOT[test,video,viz]"
-python - <<'PY'
-import json
-import flowception_ext
-print("flowception_ext build_info:", json.dumps(flowception_ext.build_info(), indent=1))
-PY
+# Build the wheel (verbose in CI, so the log shows the CMake configuration, the CPU kernels'
+# compilation and nvcc's compile check of the CUDA kernels), then install it with its extras.
+verbosity=-q
+[ -n "${CI:-}" ] && verbosity=-v
+rm -rf "$ROOT/build/wheel"
+python -m pip wheel $verbosity --no-deps --no-build-isolation -w "$ROOT/build/wheel" "$ROOT"
+wheel=$(ls "$ROOT"/build/wheel/flowception_ext-*.whl)
+python -m pip install -q --force-reinstall --no-deps "$wheel"
+python -m pip install -q "${wheel}[test,video,viz]"
+# (from another directory, so the installed package is imported, not the source tree)
+(cd "$VENV" && python -c 'import json, flowception_ext; print("flowception_ext build_info:", json.dumps(flowception_ext.build_info(), indent=1))')

@@ -8,4 +8,4 @@ source "$ROOT/scripts/setup.sh"
 cd "$ROOT"
 # `pytest` (not `python -m pytest`) so the installed package, with its compiled core, is imported
 # rather than the source tree.
-pytest "$@"
+FLOWCEPTION_REQUIRE_EXTENSION=1 pytest "$@"
