@@ -113,7 +113,7 @@ class FrameBudgetBatchSampler(Sampler[list[int]]):
         return padded[self.rank::self.world_size]
 
     def __len__(self) -> int:
-        """Batches this rank yields in a whole epoch."""
+        """Batches this rank yields in the whole current epoch (varies a little with the shuffle)."""
         return len(self._rank_batches())
 
     def __iter__(self) -> Iterator[list[int]]:
