@@ -122,7 +122,7 @@ class ShapesConsistency:
         mass_change: float64 ``[n]``: for each frame, the largest (over shapes) relative change
             of the shape's mass (summed intensity) from its median over the frames showing it
             (1 where a shape is missing).
-        num_shapes: shapes found (channels with any mass).
+        num_shapes: shapes found (channels where some pixel reaches 0 in some frame).
         is_consistent: ``errors.max() <= atol`` and ``mass_change.max() <= mass_rtol``.
     """
 

@@ -192,10 +192,11 @@ def check_manifold(
     rolled = ring[:, (np.arange(8)[:, None] + np.arange(8)[None, :]) % 8]      # (n, 8 o, 8 k, 3)
     offsets = (_ramp_residual(rolled) ** 2).sum(axis=(2, 3)).argmin(1)        # (n,) best-fitting offset
     unrotated = rolled[np.arange(len(offsets)), offsets]                        # (n, 8, 3)
-    residual = _ramp_residual(unrotated.mean(0, keepdims=True)) + (unrotated - unrotated.mean(0, keepdims=True))
-    if np.abs(residual).max() > atol:
-        return fail(f"border is not one rotating linear gradient (max misfit {np.abs(residual).max():.3f} > atol={atol})")
-    contrast = np.abs(_ramp_slope(unrotated.mean(0))).max()
+    mean_ring = unrotated.mean(0)                                               # (8, 3)
+    misfit = np.abs(unrotated - (mean_ring - _ramp_residual(mean_ring))).max()  # vs the fitted ramp
+    if misfit > atol:
+        return fail(f"border is not one rotating linear gradient (max misfit {misfit:.3f} > atol={atol})")
+    contrast = np.abs(_ramp_slope(mean_ring)).max()
     if contrast < min_contrast:
         return fail(f"gradient contrast {contrast:.3f} < min_contrast={min_contrast}: rotation not identifiable")
     centre = v[:, :, 1, 1]
