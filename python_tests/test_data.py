@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import pickle
 from collections import Counter
 
 import numpy as np
@@ -284,7 +285,7 @@ def test_video_folder_gif_roundtrip_and_errors(tmp_path):
     frames = [(rng.integers(0, 2, (n, 6, 5, 3)) * 255).astype(np.uint8) for n in (4, 2)]
     for name, f in zip(("a.gif", "b.gif"), frames):
         iio.imwrite(tmp_path / name, f, duration=40, loop=0)
-    ds = VideoFolder(tmp_path)
+    ds = pickle.loads(pickle.dumps(VideoFolder(tmp_path)))  # DataLoader workers may receive it pickled
     assert ds.lengths == [4, 2] and ds.frame_shape == (3, 6, 5)
     for i, f in enumerate(frames):
         torch.testing.assert_close(ds[i], torch.from_numpy(f).permute(0, 3, 1, 2).float() / 127.5 - 1)

@@ -153,15 +153,11 @@ class VideoFolder(_FileFolder):
     kind = "video"
 
     def __init__(self, path: str | Path, frame_shape: Sequence[int] | None = None) -> None:
-        try:
-            import imageio.v3 as iio
-        except ImportError as e:
-            raise ImportError(f"VideoFolder needs imageio to decode videos: {_VIDEO_EXTRA_HINT}") from e
-        self._iio = iio
+        _imageio()  # fail early, before listing the folder
         super().__init__(path, frame_shape)
 
     def _probe(self, file: Path) -> tuple[int, tuple[int, ...]]:
-        shape = tuple(self._iio.improps(file, index=None).shape)
+        shape = tuple(_imageio().improps(file, index=None).shape)
         if len(shape) == 3:                                    # (n, H, W) grey
             shape = (*shape, 1)
         if len(shape) == 4 and np.isfinite(shape[0]):
@@ -171,7 +167,7 @@ class VideoFolder(_FileFolder):
 
     def _read(self, file: Path) -> Tensor:
         try:
-            frames = self._iio.imread(file, index=None)
+            frames = _imageio().imread(file, index=None)
         except Exception as e:
             hint = "" if file.suffix.lower() == ".gif" else f"; movies need imageio-ffmpeg: {_VIDEO_EXTRA_HINT}"
             raise _FormatError(f"cannot decode ({type(e).__name__}: {e}){hint}") from e
@@ -183,6 +179,15 @@ class VideoFolder(_FileFolder):
         if frames.shape[-1] in (2, 4):                         # drop alpha
             frames = frames[..., :-1]
         return _to_float(torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous())
+
+
+def _imageio():
+    """imageio's v3 API (not kept on the dataset, which must stay picklable for DataLoader workers)."""
+    try:
+        import imageio.v3 as iio
+    except ImportError as e:
+        raise ImportError(f"VideoFolder needs imageio to decode videos: {_VIDEO_EXTRA_HINT}") from e
+    return iio
 
 
 def _frame_shape_chw(hwc: Sequence[int]) -> tuple[int, int, int]:
