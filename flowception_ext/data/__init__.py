@@ -1,0 +1,19 @@
+"""Datasets of clean videos, collation into PackedVideos, and a frame-budget batch sampler.
+
+Every dataset yields float32 videos ``[n, C, H, W]`` (``n >= 1``, finite) and exposes
+``lengths``, ``frame_shape``, ``__len__`` and ``__getitem__``; :func:`collate_videos` packs a
+list of them, :class:`FrameBudgetBatchSampler` groups them by a total frame budget.
+"""
+
+from .base import VideoDataset, check_video, collate_videos
+from .folders import TensorFolder, VideoFolder
+from .sampler import FrameBudgetBatchSampler
+from .shapes import MovingShapes, ShapesConsistency, consistency, is_consistent
+from .toy import ManifoldCheck, ToyColoring, check_manifold, check_manifold_batch, is_on_manifold
+
+__all__ = [
+    "VideoDataset", "check_video", "collate_videos", "FrameBudgetBatchSampler",
+    "ToyColoring", "ManifoldCheck", "check_manifold", "check_manifold_batch", "is_on_manifold",
+    "MovingShapes", "ShapesConsistency", "consistency", "is_consistent",
+    "TensorFolder", "VideoFolder",
+]

@@ -1,0 +1,241 @@
+"""ToyColoring: the length-modelling toy of the Flowception paper (App. F), and its checker.
+
+Each video is a sequence of 3x3 RGB frames:
+
+* the 8 border pixels, read clockwise from the top-left corner (the *ring*), carry a linear
+  colour gradient ``c0 + (c1 - c0) * k / 7`` for ``k = 0..7`` starting at some ring offset;
+* from one frame to the next the gradient rotates around the ring by a fixed stride of 1, 2 or
+  3 pixels, in a fixed direction (clockwise or counter-clockwise), both drawn per video;
+* the centre pixel keeps one colour for the whole video;
+* the length is one of 15, 20, 25, 30 frames, uniformly by default (``length_weights``).
+
+Colours are uniform in ``[-1, 1]^3``; ``c1`` is redrawn until it differs from ``c0`` by at least
+``min_contrast`` in some channel, so the rotation is always visible. Item ``i`` is a function of
+``(seed, i)`` only.
+
+Differences from the paper's description (which gives no exact recipe): there the centre pixel
+makes one jump between two values and the speed is chosen for an integer number of rotations;
+here the centre is constant and the stride is an integer in {1, 2, 3}, which makes the rules
+exactly checkable frame by frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..packing import PackedVideos
+from .base import VideoDataset, hash_uniform, item_rng
+
+__all__ = ["ToyColoring", "ManifoldCheck", "check_manifold", "check_manifold_batch", "is_on_manifold"]
+
+# Ring of border pixels, clockwise from the top-left corner: (row, column).
+_RING_Y = np.array([0, 0, 0, 1, 2, 2, 2, 1])
+_RING_X = np.array([0, 1, 2, 2, 2, 1, 0, 0])
+_RAMP = np.arange(8) / 7.0  # gradient weight of ring slot k (k = 0 is colour c0)
+
+TOY_LENGTHS = (15, 20, 25, 30)
+TOY_STRIDES = (1, 2, 3)
+
+
+class ToyColoring(VideoDataset):
+    """The ToyColoring dataset (see the module docstring): ``[n, 3, 3, 3]`` videos in ``[-1, 1]``.
+
+    Args:
+        num_videos: number of items.
+        seed: item ``i`` is a function of ``(seed, i)``.
+        allowed_lengths: the possible lengths.
+        length_weights: probability of each allowed length (default uniform).
+        strides: possible rotation strides, in ring pixels per frame.
+        directions: possible rotation directions (+1 clockwise, -1 counter-clockwise).
+        min_contrast: least max-channel difference between the gradient's end colours.
+    """
+
+    def __init__(
+        self,
+        num_videos: int = 4096,
+        seed: int = 0,
+        allowed_lengths: Sequence[int] = TOY_LENGTHS,
+        length_weights: Sequence[float] | None = None,
+        strides: Sequence[int] = TOY_STRIDES,
+        directions: Sequence[int] = (1, -1),
+        min_contrast: float = 1.0,
+    ) -> None:
+        if num_videos < 0:
+            raise ValueError(f"num_videos must be >= 0, got {num_videos}")
+        if not allowed_lengths or min(allowed_lengths) < 1:
+            raise ValueError(f"allowed_lengths must be positive lengths, got {allowed_lengths}")
+        if not strides or not set(strides) <= {1, 2, 3}:
+            raise ValueError(f"strides must be a non-empty subset of (1, 2, 3), got {strides}")
+        if not directions or not set(directions) <= {1, -1}:
+            raise ValueError(f"directions must be a non-empty subset of (1, -1), got {directions}")
+        if not 0 < min_contrast <= 2:
+            raise ValueError(f"min_contrast must be in (0, 2], got {min_contrast}")
+        weights = np.ones(len(allowed_lengths)) if length_weights is None else np.asarray(length_weights, float)
+        if weights.shape != (len(allowed_lengths),) or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"length_weights must be {len(allowed_lengths)} non-negative weights, got {length_weights}")
+        self.seed = seed
+        self.allowed_lengths = tuple(int(n) for n in allowed_lengths)
+        self.strides = tuple(strides)
+        self.directions = tuple(directions)
+        self.min_contrast = float(min_contrast)
+        cdf = np.cumsum(weights / weights.sum())
+        u = hash_uniform(seed, 0, np.arange(num_videos))
+        pick = np.minimum(np.searchsorted(cdf, u, side="right"), len(cdf) - 1)
+        self._lengths = [self.allowed_lengths[k] for k in pick]
+
+    @property
+    def lengths(self) -> list[int]:
+        return self._lengths
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        return (3, 3, 3)
+
+    def _load(self, index: int) -> Tensor:
+        rng = item_rng(self.seed, 1, index)
+        n = self._lengths[index]
+        stride = rng.choice(self.strides) * rng.choice(self.directions)
+        c0 = rng.uniform(-1, 1, 3)
+        c1 = rng.uniform(-1, 1, 3)
+        while np.abs(c1 - c0).max() < self.min_contrast:
+            c1 = rng.uniform(-1, 1, 3)
+        centre = rng.uniform(-1, 1, 3)
+        offset0 = rng.integers(8)
+
+        offsets = offset0 + stride * np.arange(n)                     # (n,) ring slot of colour c0
+        k = (np.arange(8)[None, :] - offsets[:, None]) % 8            # (n, 8) gradient slot of each ring pixel
+        ring = c0 + (c1 - c0) * _RAMP[k][..., None]                   # (n, 8, 3)
+        video = np.empty((n, 3, 3, 3))
+        video[:, :, _RING_Y, _RING_X] = ring.transpose(0, 2, 1)
+        video[:, :, 1, 1] = centre
+        return torch.from_numpy(video).float()
+
+    def check(self, video: Tensor, atol: float = 0.1) -> "ManifoldCheck":
+        """:func:`check_manifold` against this dataset's lengths, strides and directions."""
+        return check_manifold(video, atol=atol, allowed_lengths=self.allowed_lengths, strides=self.strides,
+                              directions=self.directions)
+
+
+@dataclass(frozen=True)
+class ManifoldCheck:
+    """Verdict of :func:`check_manifold` on one video.
+
+    Attributes:
+        frames_ok: the frames follow the rules (gradient, rotation, centre), whatever the length.
+        length_ok: the length is an allowed one.
+        reason: why the video is off the manifold ("" if it is on it); frame rules first.
+        stride: signed rotation per frame (+ clockwise) if the gradient was found, else None.
+    """
+
+    frames_ok: bool
+    length_ok: bool
+    reason: str
+    stride: int | None = None
+
+    @property
+    def on_manifold(self) -> bool:
+        return self.frames_ok and self.length_ok
+
+
+def check_manifold(
+    video: Tensor,
+    atol: float = 0.1,
+    min_contrast: float = 0.5,
+    allowed_lengths: Sequence[int] = TOY_LENGTHS,
+    strides: Sequence[int] = TOY_STRIDES,
+    directions: Sequence[int] = (1, -1),
+) -> ManifoldCheck:
+    """Check a ``[n, 3, 3, 3]`` video against the ToyColoring rules.
+
+    Tolerance: a video passes the frame rules iff every pixel lies within ``atol`` (pixel units,
+    values in ``[-1, 1]``; the default 0.1 is 5% of the range) of an exact toy video whose
+    gradient and centre are the least-squares fits to it. Concretely:
+
+    1. values lie in ``[-1 - atol, 1 + atol]``;
+    2. each frame's ring is un-rotated by the offset that best fits a linear ramp; all frames'
+       un-rotated rings must match one common linear ramp ``c0 + (c1 - c0) k / 7`` within ``atol``;
+    3. the ramp has contrast ``max_c |c1 - c0| >= min_contrast`` (else its rotation is invisible;
+       the dataset draws >= 1.0). A wrong offset misfits by >= 0.46 * contrast, so offsets are
+       unambiguous whenever ``atol < 0.46 * min_contrast``;
+    4. the centre stays within ``atol`` of its mean;
+    5. the offset moves by the same signed stride between every two consecutive frames, with
+       ``|stride|`` in ``strides`` and its sign in ``directions``.
+
+    The length check (``n`` in ``allowed_lengths``) is reported separately in ``length_ok``,
+    so sample quality and length modelling can be scored apart.
+    """
+    n = video.shape[0] if isinstance(video, Tensor) and video.dim() == 4 else None
+    length_ok = n in set(allowed_lengths)
+    length_reason = "" if length_ok else f"length {n} not in {tuple(allowed_lengths)}"
+
+    def fail(reason: str, stride: int | None = None) -> ManifoldCheck:
+        return ManifoldCheck(False, length_ok, reason, stride)
+
+    if not isinstance(video, Tensor) or video.dim() != 4 or tuple(video.shape[1:]) != (3, 3, 3):
+        shape = tuple(video.shape) if isinstance(video, Tensor) else type(video).__name__
+        return fail(f"expected a [n, 3, 3, 3] video, got {shape}")
+    if video.shape[0] == 0:
+        return fail("empty video")
+    v = video.detach().cpu().double().numpy()
+    if not np.isfinite(v).all():
+        return fail("non-finite pixels")
+    if np.abs(v).max() > 1 + atol:
+        return fail(f"values outside [-1, 1] by more than atol={atol} (max |x| = {np.abs(v).max():.3f})")
+
+    ring = v[:, :, _RING_Y, _RING_X].transpose(0, 2, 1)                        # (n, 8, 3)
+    # Every rotation of every frame: rolled[f, o, k] = ring[f, (k + o) % 8].
+    rolled = ring[:, (np.arange(8)[:, None] + np.arange(8)[None, :]) % 8]      # (n, 8 o, 8 k, 3)
+    offsets = (_ramp_residual(rolled) ** 2).sum(axis=(2, 3)).argmin(1)        # (n,) best-fitting offset
+    unrotated = rolled[np.arange(len(offsets)), offsets]                        # (n, 8, 3)
+    mean_ring = unrotated.mean(0)                                               # (8, 3)
+    misfit = np.abs(unrotated - (mean_ring - _ramp_residual(mean_ring))).max()  # vs the fitted ramp
+    if misfit > atol:
+        return fail(f"border is not one rotating linear gradient (max misfit {misfit:.3f} > atol={atol})")
+    contrast = np.abs(_ramp_slope(mean_ring)).max()
+    if contrast < min_contrast:
+        return fail(f"gradient contrast {contrast:.3f} < min_contrast={min_contrast}: rotation not identifiable")
+    centre = v[:, :, 1, 1]
+    centre_dev = np.abs(centre - centre.mean(0)).max()
+    if centre_dev > atol:
+        return fail(f"centre pixel changes by {centre_dev:.3f} > atol={atol}")
+    if len(offsets) < 2:
+        return ManifoldCheck(True, length_ok, length_reason, None)
+    steps = (np.diff(offsets) + 4) % 8 - 4                                      # signed, in [-4, 3]
+    stride = int(steps[0])
+    if (steps != stride).any():
+        return fail(f"rotation stride is not constant: {steps.tolist()}")
+    if abs(stride) not in set(strides) or np.sign(stride) not in set(directions):
+        return fail(f"rotation stride {stride} not allowed (strides {tuple(strides)}, directions {tuple(directions)})",
+                    stride)
+    return ManifoldCheck(True, length_ok, length_reason, stride)
+
+
+def check_manifold_batch(videos: PackedVideos | Sequence[Tensor], **kwargs) -> list[ManifoldCheck]:
+    """:func:`check_manifold` on each video of a list or a :class:`PackedVideos` (same keywords)."""
+    if isinstance(videos, PackedVideos):
+        videos = videos.to_list()
+    return [check_manifold(v, **kwargs) for v in videos]
+
+
+def is_on_manifold(video: Tensor, atol: float = 0.1, check_length: bool = True, **kwargs) -> bool:
+    """True iff ``video`` follows the ToyColoring rules (:func:`check_manifold`, same keywords);
+    with ``check_length=False`` any length is accepted (sample quality alone)."""
+    result = check_manifold(video, atol=atol, **kwargs)
+    return result.on_manifold if check_length else result.frames_ok
+
+
+def _ramp_slope(y: np.ndarray) -> np.ndarray:
+    """Least-squares slope of ``y[..., k, c]`` against the ramp weights ``k / 7`` (= c1 - c0)."""
+    w = _RAMP - _RAMP.mean()
+    return np.einsum("k,...kc->...c", w, y) / (w @ w)
+
+
+def _ramp_residual(y: np.ndarray) -> np.ndarray:
+    """``y[..., k, c]`` minus its least-squares linear fit in ``k / 7``."""
+    w = (_RAMP - _RAMP.mean())[:, None]
+    return y - y.mean(-2, keepdims=True) - _ramp_slope(y)[..., None, :] * w

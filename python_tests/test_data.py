@@ -1,0 +1,442 @@
+"""Data layer: synthetic datasets and their checkers, folder datasets, collation, batch sampler."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import pickle
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from flowception_ext import PackedVideos
+from flowception_ext.data import (FrameBudgetBatchSampler, MovingShapes, TensorFolder, ToyColoring, VideoFolder,
+                                  check_manifold, check_manifold_batch, collate_videos, consistency, is_consistent,
+                                  is_on_manifold)
+from flowception_ext.data.toy import _RING_X, _RING_Y
+
+# ---- ToyColoring ---------------------------------------------------------------------------
+
+
+def test_toy_determinism_shapes_ranges():
+    a, b = ToyColoring(64, seed=3), ToyColoring(64, seed=3)
+    assert a.lengths == b.lengths and len(a) == 64 and a.frame_shape == (3, 3, 3)
+    for i in (0, 17, 63, -1):
+        torch.testing.assert_close(a[i], b[i], rtol=0, atol=0)
+    # Item i depends on (seed, i) only: not on the dataset size, nor on the access order.
+    torch.testing.assert_close(ToyColoring(1000, seed=3)[17], a[17], rtol=0, atol=0)
+    assert ToyColoring(1000, seed=3).lengths[:64] == a.lengths
+    assert not torch.equal(ToyColoring(64, seed=4)[0], a[0]) or ToyColoring(64, seed=4).lengths != a.lengths
+    for i in range(64):
+        v = a[i]
+        assert v.dtype == torch.float32 and v.shape == (a.lengths[i], 3, 3, 3)
+        assert v.min() >= -1 and v.max() <= 1
+    with pytest.raises(IndexError):
+        a[64]
+
+
+def test_toy_length_distribution_uniform_over_modes():
+    counts = Counter(ToyColoring(4000, seed=0).lengths)
+    assert set(counts) == {15, 20, 25, 30}
+    assert all(850 < c < 1150 for c in counts.values()), counts
+    assert set(ToyColoring(100, allowed_lengths=(15, 30), length_weights=(0, 1)).lengths) == {30}
+
+
+def test_toy_videos_on_manifold_with_every_stride():
+    ds = ToyColoring(300, seed=1)
+    checks = check_manifold_batch([ds[i] for i in range(len(ds))])
+    assert all(c.on_manifold for c in checks), [c.reason for c in checks if not c.on_manifold][:3]
+    assert {c.stride for c in checks} == {-3, -2, -1, 1, 2, 3}
+    # Packed batches are checked video by video.
+    packed = collate_videos([ds[i] for i in range(5)])
+    assert all(c.on_manifold for c in check_manifold_batch(packed))
+
+
+def test_toy_checker_tolerates_small_noise_only():
+    ds = ToyColoring(50, seed=2)
+    g = torch.Generator().manual_seed(0)
+    for i in range(50):
+        v = ds[i]
+        assert is_on_manifold(v + (torch.rand(v.shape, generator=g) - 0.5) * 0.08)        # |noise| <= 0.04
+        assert not is_on_manifold(v + torch.randn(v.shape, generator=g) * 0.3)
+
+
+def _shift(x: torch.Tensor) -> torch.Tensor:
+    """Move values by 0.5, staying inside [-1, 1]."""
+    return torch.where(x < 0, x + 0.5, x - 0.5)
+
+
+def _ring_pixel_changed(v: torch.Tensor) -> torch.Tensor:
+    v = v.clone()
+    v[len(v) // 2, :, 0, 1] = _shift(v[len(v) // 2, :, 0, 1])
+    return v
+
+
+def _centre_jump(v: torch.Tensor) -> torch.Tensor:
+    v = v.clone()
+    v[len(v) // 2:, :, 1, 1] = _shift(v[len(v) // 2:, :, 1, 1])
+    return v
+
+
+@pytest.mark.parametrize("corruption, reasons", [
+    (lambda v, g: v[torch.randperm(len(v), generator=g)], ("stride is not constant",)),
+    (lambda v, g: torch.cat([v[:7], v[8:9], v[7:8], v[9:]]), ("stride is not constant",)),  # two frames swapped
+    (lambda v, g: torch.cat([v[:7], v[8:]]), ("stride is not constant",)),                  # a frame dropped
+    (lambda v, g: _centre_jump(v), ("centre",)),
+    (lambda v, g: _ring_pixel_changed(v), ("gradient", "stride is not constant")),
+], ids=["shuffled", "swapped", "dropped", "centre-jump", "ring-pixel"])
+def test_toy_corrupted_videos_are_off_manifold(corruption, reasons):
+    ds = ToyColoring(40, seed=5)
+    g = torch.Generator().manual_seed(1)
+    for i in range(len(ds)):
+        result = check_manifold(corruption(ds[i], g))
+        assert not result.frames_ok, (i, result)
+        assert any(r in result.reason for r in reasons), result.reason
+
+
+def test_toy_wrong_stride_direction_and_length_reported_separately():
+    ds = ToyColoring(60, seed=6)
+    for i in range(len(ds)):
+        v = ds[i]
+        stride = check_manifold(v).stride
+        assert stride is not None and abs(stride) in (1, 2, 3)
+        if abs(stride) in (1, 2):                        # every 4/|s|-th frame: stride 4 (half a turn)
+            result = check_manifold(v[:: 4 // abs(stride)])
+            assert not result.frames_ok and "stride -4 not allowed" in result.reason
+        frozen = v[:1].expand(15, -1, -1, -1)            # stride 0
+        assert "stride 0 not allowed" in check_manifold(frozen).reason
+    clockwise = ToyColoring(40, seed=6, strides=(1,), directions=(1,))
+    v = clockwise[0]
+    assert clockwise.check(v).stride == 1 and check_manifold(v.flip(0)).stride == -1
+    assert "stride -1 not allowed" in clockwise.check(v.flip(0)).reason   # direction not in the data
+    # Length: frames fine, length not allowed; is_on_manifold can ignore the length.
+    result = check_manifold(v[:12])
+    assert result.frames_ok and not result.length_ok and not result.on_manifold and "length 12" in result.reason
+    assert not is_on_manifold(v[:12]) and is_on_manifold(v[:12], check_length=False)
+
+
+def test_toy_checker_degenerate_inputs():
+    assert "empty" in check_manifold(torch.zeros(0, 3, 3, 3)).reason
+    assert "[n, 3, 3, 3]" in check_manifold(torch.zeros(15, 3, 4, 4)).reason
+    assert "non-finite" in check_manifold(torch.full((15, 3, 3, 3), float("nan"))).reason
+    flat = torch.zeros(15, 3, 3, 3)
+    assert "contrast" in check_manifold(flat).reason
+
+
+def test_toy_ring_layout_is_clockwise():
+    # The ring visits each border pixel once, clockwise (right along the top row first).
+    assert len(set(zip(_RING_Y.tolist(), _RING_X.tolist()))) == 8 and (1, 1) not in set(zip(_RING_Y, _RING_X))
+    assert (_RING_Y[1], _RING_X[1]) == (0, 1) and (_RING_Y[3], _RING_X[3]) == (1, 2)
+
+
+# ---- MovingShapes ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    ds = MovingShapes(40, seed=0)
+    return ds, [ds[i] for i in range(len(ds))]
+
+
+def test_shapes_determinism_shapes_ranges(shapes):
+    ds, videos = shapes
+    again = MovingShapes(500, seed=0)
+    assert again.lengths[:40] == ds.lengths
+    torch.testing.assert_close(again[7], videos[7], rtol=0, atol=0)
+    assert min(MovingShapes(2000).lengths) == 8 and max(MovingShapes(2000).lengths) == 48
+    for v, n in zip(videos, ds.lengths):
+        assert v.shape == (n, 3, 32, 32) and v.dtype == torch.float32
+        assert v.min() >= -1 and v.max() <= 1
+    assert MovingShapes(3, size=24)[0].shape[1:] == (3, 24, 24) == MovingShapes(3, size=24).frame_shape
+
+
+def test_shapes_videos_are_consistent(shapes):
+    _, videos = shapes
+    results = [consistency(v) for v in videos]
+    assert all(r.is_consistent for r in results), [float(r.errors.max()) for r in results]
+    assert max(float(r.errors.max()) for r in results) < 0.15
+    assert {r.num_shapes for r in results} == {1, 2, 3}
+    assert all(r.errors.shape == (len(v),) and r.mass_change.shape == (len(v),) for r, v in zip(results, videos))
+    g = torch.Generator().manual_seed(0)
+    assert all(is_consistent(v + 0.05 * torch.randn(v.shape, generator=g)) for v in videos[:10])
+
+
+@pytest.mark.parametrize("corruption", ["shuffle", "skip", "repeat", "teleport", "vanish"])
+def test_shapes_inconsistent_videos_are_flagged(shapes, corruption):
+    _, videos = shapes
+    g = torch.Generator().manual_seed(0)
+    tested = 0
+    for v in videos:
+        n = len(v)
+        if n < 12:
+            continue
+        k = n // 2
+        if corruption == "shuffle":
+            bad = v[torch.randperm(n, generator=g)]
+        elif corruption == "skip":                       # frames k..k+2 dropped
+            bad = torch.cat([v[:k], v[k + 3:]])
+        elif corruption == "repeat":                     # frame k shown twice
+            bad = torch.cat([v[:k + 1], v[k:]])
+        elif corruption == "teleport":                   # a shape jumps by 3 px and carries on from there
+            c = int(v[0].amax((1, 2)).argmax())
+            shift = 3 if (v[k:, c, :, -3:] == -1).all() else -3
+            if (v[k:, c, :, :3] != -1).any() and shift == -3:
+                continue                                 # the roll would wrap the shape around the border
+            bad = v.clone()
+            bad[k:, c] = torch.roll(v[k:, c], shifts=shift, dims=-1)
+        else:                                            # a shape disappears
+            bad = v.clone()
+            c = int(bad[0].amax((1, 2)).argmax())
+            bad[k:, c] = -1
+        result = consistency(bad)
+        assert not result.is_consistent, (corruption, n)
+        if corruption in ("skip", "repeat", "teleport"):  # localised: the errors start at frame k
+            assert int(torch.nonzero(result.errors > 0.3)[0]) in (k, k + 1)
+        tested += 1
+    assert tested >= 20
+
+
+def test_shapes_checker_edge_cases(shapes):
+    _, videos = shapes
+    v = videos[0]
+    assert consistency(v[:2]).is_consistent and consistency(v[:3]).errors.shape == (3,)
+    empty = consistency(torch.full((5, 3, 32, 32), -1.0))
+    assert empty.num_shapes == 0 and empty.is_consistent
+    frozen = v[:1].expand(6, -1, -1, -1)
+    assert consistency(frozen).is_consistent
+    with pytest.raises(ValueError, match=r"\[n, 3, H, W\]"):
+        consistency(torch.zeros(4, 1, 8, 8))
+
+
+# ---- folders ---------------------------------------------------------------------------------
+
+
+def _videos(seed: int, lengths, frame_shape=(3, 6, 5)):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(n, *frame_shape, generator=g) * 2 - 1 for n in lengths]
+
+
+def test_tensor_folder_roundtrip(tmp_path):
+    videos = _videos(0, [3, 1, 5, 2])
+    save_file({"video": videos[0]}, tmp_path / "a.safetensors")
+    save_file({"latents": videos[1].contiguous()}, tmp_path / "b.safetensors")           # single tensor, any name
+    np.save(tmp_path / "c.npy", videos[2].numpy())
+    uint8 = torch.randint(0, 256, (2, 3, 6, 5), dtype=torch.uint8)
+    np.save(tmp_path / "d.npy", uint8.numpy())
+    (tmp_path / "notes.txt").write_text("ignored")
+    ds = TensorFolder(tmp_path)
+    assert [p.name for p in ds.files] == ["a.safetensors", "b.safetensors", "c.npy", "d.npy"]
+    assert ds.lengths == [3, 1, 5, 2] and ds.frame_shape == (3, 6, 5) and len(ds) == 4
+    for i in range(3):
+        torch.testing.assert_close(ds[i], videos[i], rtol=0, atol=0)
+    torch.testing.assert_close(ds[3], uint8.float() / 127.5 - 1)
+    assert ds[3].min() >= -1 and ds[3].max() <= 1
+    batch = collate_videos([ds[i] for i in range(4)])
+    assert isinstance(batch, PackedVideos) and batch.lengths.tolist() == [3, 1, 5, 2]
+
+
+def test_tensor_folder_bad_data_names_the_file(tmp_path):
+    good = _videos(1, [2])[0]
+
+    def folder(name, write, **kwargs):
+        d = tmp_path / name
+        d.mkdir()
+        save_file({"video": good}, d / "a_good.safetensors")
+        write(d)
+        return TensorFolder(d, **kwargs)
+
+    with pytest.raises(ValueError, match=r"b\.npy: frame shape \(3, 7, 5\) differs"):
+        folder("shape", lambda d: np.save(d / "b.npy", np.zeros((2, 3, 7, 5), np.float32)))
+    with pytest.raises(ValueError, match=r"a_good\.safetensors: frame shape \(3, 6, 5\) differs from the expected "
+                                         r"\(3, 8, 8\) \(frame_shape\)"):
+        folder("config", lambda d: None, frame_shape=(3, 8, 8))
+    with pytest.raises(ValueError, match=r"b\.npy: empty video"):
+        folder("empty", lambda d: np.save(d / "b.npy", np.zeros((0, 3, 6, 5), np.float32)))
+    with pytest.raises(ValueError, match=r"b\.npy: expected one video \[n, C, H, W\], got shape \(3, 6, 5\)"):
+        folder("rank", lambda d: np.save(d / "b.npy", np.zeros((3, 6, 5), np.float32)))
+    with pytest.raises(ValueError, match=r"b\.safetensors: unreadable tensor file"):
+        folder("corrupt", lambda d: (d / "b.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json"))
+    with pytest.raises(ValueError, match=r"b\.npy: unreadable tensor file"):
+        folder("pickle", lambda d: np.save(d / "b.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True))
+    with pytest.raises(ValueError, match=r"b\.safetensors: holds tensors \['x', 'y'\]"):
+        folder("keys", lambda d: save_file({"x": good, "y": good.clone()}, d / "b.safetensors"))
+    with pytest.raises(ValueError, match=r"b\.npy: unsupported dtype torch\.int32"):
+        folder("dtype", lambda d: np.save(d / "b.npy", np.zeros((2, 3, 6, 5), np.int32)))[1]
+    nan = good.clone()
+    nan[1, 0, 2, 2] = float("nan")
+    ds = folder("nan", lambda d: save_file({"video": nan}, d / "b.safetensors"))
+    ds[0]
+    with pytest.raises(ValueError, match=r"b\.safetensors: video holds NaN"):
+        ds[1]
+    (tmp_path / "none").mkdir()
+    with pytest.raises(ValueError, match="no tensor files"):
+        TensorFolder(tmp_path / "none")
+    with pytest.raises(ValueError, match="not a directory"):
+        TensorFolder(tmp_path / "missing")
+
+
+def test_video_folder_gif_roundtrip_and_errors(tmp_path):
+    iio = pytest.importorskip("imageio.v3")
+    rng = np.random.default_rng(0)
+    # Pure colours survive GIF's palette exactly; distinct frames are not merged by the encoder.
+    frames = [(rng.integers(0, 2, (n, 6, 5, 3)) * 255).astype(np.uint8) for n in (4, 2)]
+    for name, f in zip(("a.gif", "b.gif"), frames):
+        iio.imwrite(tmp_path / name, f, duration=40, loop=0)
+    ds = pickle.loads(pickle.dumps(VideoFolder(tmp_path)))  # DataLoader workers may receive it pickled
+    assert ds.lengths == [4, 2] and ds.frame_shape == (3, 6, 5)
+    for i, f in enumerate(frames):
+        torch.testing.assert_close(ds[i], torch.from_numpy(f).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    (tmp_path / "c.gif").write_bytes(b"GIF89a not really")
+    with pytest.raises(ValueError, match=r"c\.gif: unreadable video file"):
+        VideoFolder(tmp_path)
+    (tmp_path / "c.gif").unlink()
+    iio.imwrite(tmp_path / "c.gif", (rng.integers(0, 2, (3, 7, 5, 3)) * 255).astype(np.uint8))
+    with pytest.raises(ValueError, match=r"c\.gif: frame shape \(3, 7, 5\) differs"):
+        VideoFolder(tmp_path)
+
+
+def test_video_folder_without_imageio(tmp_path, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_imageio(name, *args, **kwargs):
+        if name.startswith("imageio"):
+            raise ImportError("No module named 'imageio'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_imageio)
+    with pytest.raises(ImportError, match=r"pip install 'flowception_ext\[video\]'"):
+        VideoFolder(tmp_path)
+
+
+def test_collate_videos():
+    videos = _videos(2, [2, 4, 1])
+    batch = collate_videos(videos)
+    assert batch.cu_seqlens.tolist() == [0, 2, 6, 7]
+    for got, want in zip(batch.to_list(), videos):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert batch.times.eq(1).all() and not batch.is_context.any()
+    with pytest.raises(ValueError, match=r"batch item 1: frame shape"):
+        collate_videos([videos[0], torch.zeros(2, 3, 4, 4)])
+    with pytest.raises(ValueError, match=r"batch item 0: empty video"):
+        collate_videos([torch.zeros(0, 3, 6, 5)])
+
+
+# ---- FrameBudgetBatchSampler -----------------------------------------------------------------
+
+LENGTHS = [int(n) for n in np.random.default_rng(0).integers(1, 31, 257)]
+
+
+def _epoch(sampler):
+    return [list(b) for b in sampler]
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_sampler_budget_and_coverage(shuffle):
+    sampler = FrameBudgetBatchSampler(LENGTHS, 64, shuffle=shuffle, seed=1)
+    for epoch in range(3):                               # three epochs in a row
+        fresh = FrameBudgetBatchSampler(LENGTHS, 64, shuffle=shuffle, seed=1)
+        fresh.set_epoch(epoch)
+        assert len(sampler) == len(fresh)                # the batch count depends on the epoch's shuffle
+        batches = _epoch(sampler)
+        assert len(batches) == len(fresh)
+        assert all(sum(LENGTHS[i] for i in b) <= 64 for b in batches)
+        assert sorted(i for b in batches for i in b) == list(range(len(LENGTHS)))
+        # Greedy filling: a batch closes only when the next video would not fit.
+        assert all(sum(LENGTHS[i] for i in b) + LENGTHS[nb[0]] > 64 for b, nb in zip(batches, batches[1:]))
+    if not shuffle:
+        assert [i for b in _epoch(sampler) for i in b] == list(range(len(LENGTHS)))
+
+
+def test_sampler_deterministic_per_epoch():
+    a = FrameBudgetBatchSampler(LENGTHS, 64, seed=7)
+    b = FrameBudgetBatchSampler(LENGTHS, 64, seed=7)
+    first, second = _epoch(a), _epoch(a)                 # iterating advances the epoch
+    assert first != second
+    b.set_epoch(1)
+    assert _epoch(b) == second
+    b.set_epoch(0)
+    assert _epoch(b) == first
+    assert _epoch(FrameBudgetBatchSampler(LENGTHS, 64, seed=8)) != first
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_sampler_ddp_shards(world_size, drop_last):
+    ranks = [FrameBudgetBatchSampler(LENGTHS, 64, seed=3, drop_last=drop_last, rank=r, world_size=world_size)
+             for r in range(world_size)]
+    single = FrameBudgetBatchSampler(LENGTHS, 64, seed=3)
+    for _ in range(2):
+        expected = len(ranks[0])
+        shards = [_epoch(s) for s in ranks]
+        global_batches = _epoch(single)
+        assert len({len(s) for s in shards}) == 1        # same number of batches on every rank
+        assert len(shards[0]) == expected
+        steps = len(shards[0])
+        # Step k of the ranks = global batches k*W .. k*W+W-1 (one process with W-step accumulation).
+        for k in range(steps):
+            for r in range(world_size):
+                assert shards[r][k] == global_batches[(k * world_size + r) % len(global_batches)]
+        seen = [i for s in shards for b in s for i in b]
+        if drop_last:
+            assert len(seen) == len(set(seen))           # disjoint
+            assert steps == len(global_batches) // world_size
+        else:
+            assert set(seen) == set(range(len(LENGTHS)))  # everything covered, a few repeats to even out
+            assert steps == -(-len(global_batches) // world_size)
+            assert len(seen) - len(set(seen)) == sum(len(b) for b in global_batches[:steps * world_size
+                                                                                   - len(global_batches)])
+
+
+def test_sampler_resumes_exactly_mid_epoch():
+    straight = FrameBudgetBatchSampler(LENGTHS, 50, seed=5, rank=1, world_size=2)
+    reference = _epoch(straight) + _epoch(straight)[:4]
+
+    first = FrameBudgetBatchSampler(LENGTHS, 50, seed=5, rank=1, world_size=2)
+    got = _epoch(first)
+    it = iter(first)
+    got += [next(it) for _ in range(2)]
+    state = json.loads(json.dumps(first.state_dict()))  # a checkpoint stores it as JSON
+    assert state["epoch"] == 1 and state["position"] == 2
+
+    resumed = FrameBudgetBatchSampler(LENGTHS, 50, seed=5, rank=1, world_size=2)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(1)                                 # a trainer's loop may set the same epoch again
+    it = iter(resumed)
+    got += [next(it) for _ in range(2)]
+    assert got == reference
+    # The consumed count can be given explicitly (a DataLoader with workers prefetches ahead).
+    assert first.state_dict(position=1)["position"] == 1
+    # Resuming at the very end of an epoch continues with the next epoch.
+    end = FrameBudgetBatchSampler(LENGTHS, 50, seed=5, rank=1, world_size=2)
+    end.load_state_dict({**state, "epoch": 0, "position": len(end)})
+    assert _epoch(end) == []
+    straight.set_epoch(1)
+    assert _epoch(end) == _epoch(straight)
+
+
+def test_sampler_bad_arguments():
+    with pytest.raises(ValueError, match=r"item 2 has 40 frames, more than max_frames_per_batch=32"):
+        FrameBudgetBatchSampler([3, 4, 40], 32)
+    with pytest.raises(ValueError, match=r"lengths\[1\] = 0"):
+        FrameBudgetBatchSampler([3, 0], 32)
+    with pytest.raises(ValueError, match="rank"):
+        FrameBudgetBatchSampler([3], 32, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="max_frames_per_batch must be >= 1"):
+        FrameBudgetBatchSampler([3], 0)
+    state = FrameBudgetBatchSampler(LENGTHS, 64).state_dict()
+    with pytest.raises(ValueError, match="other lengths, budget"):
+        FrameBudgetBatchSampler(LENGTHS, 65).load_state_dict(state)
+    with pytest.raises(ValueError, match="other lengths, budget"):
+        FrameBudgetBatchSampler(LENGTHS, 64, world_size=2).load_state_dict(state)
+
+
+def test_sampler_with_dataloader():
+    ds = ToyColoring(40, seed=0)
+    sampler = FrameBudgetBatchSampler(ds.lengths, 100, seed=0)
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate_videos)
+    batches = list(loader)
+    assert all(isinstance(b, PackedVideos) and b.num_frames <= 100 for b in batches)
+    assert sum(b.num_videos for b in batches) == 40
