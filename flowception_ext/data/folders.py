@@ -119,15 +119,22 @@ class TensorFolder(_FileFolder):
             return _check_rank(f.get_slice(_video_key(f.keys())).get_shape())
 
     def _read(self, file: Path) -> Tensor:
-        if file.suffix.lower() == ".npy":
-            video = torch.from_numpy(np.load(file, allow_pickle=False))
-        else:
-            from safetensors import safe_open
+        return read_tensor_video(file)
 
-            with safe_open(file, framework="pt") as f:
-                video = f.get_tensor(_video_key(f.keys()))
-        _check_rank(video.shape)
-        return _to_float(video)
+
+def read_tensor_video(file: str | Path) -> Tensor:
+    """One video ``[n, C, H, W]`` (float32; uint8 mapped to [-1, 1]) from a ``.npy`` or
+    ``.safetensors`` file, without unpickling."""
+    file = Path(file)
+    if file.suffix.lower() == ".npy":
+        video = torch.from_numpy(np.load(file, allow_pickle=False))
+    else:
+        from safetensors import safe_open
+
+        with safe_open(file, framework="pt") as f:
+            video = f.get_tensor(_video_key(f.keys()))
+    _check_rank(video.shape)
+    return _to_float(video)
 
 
 def _video_key(keys) -> str:

@@ -1,0 +1,276 @@
+"""The ``flowception`` command: ``train``, ``sample``, ``bench`` and ``info``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+TASK_CHOICES = ("uncond", "i2v", "interpolate", "extend")
+
+
+# ---- datasets ---------------------------------------------------------------------------------
+
+
+def make_dataset(spec: str, num_videos: int = 4096, seed: int = 0):
+    """``toy-coloring``, ``moving-shapes`` or ``folder:PATH`` (tensors, or videos decoded by imageio)."""
+    from . import data
+
+    if spec == "toy-coloring":
+        return data.ToyColoring(num_videos=num_videos, seed=seed)
+    if spec == "moving-shapes":
+        return data.MovingShapes(num_videos=num_videos, seed=seed)
+    if spec.startswith("folder:"):
+        path = Path(spec[len("folder:"):])
+        if not path.is_dir():
+            raise SystemExit(f"flowception: --dataset {spec}: {path} is not a directory")
+        files = [p.suffix.lower() for p in path.iterdir() if p.is_file()]
+        tensor_files = sum(s in (".npy", ".safetensors") for s in files)
+        return data.TensorFolder(path) if tensor_files else data.VideoFolder(path)
+    raise SystemExit(f"flowception: unknown --dataset {spec!r}; use toy-coloring, moving-shapes or folder:PATH")
+
+
+DEFAULT_PATCH = {"toy-coloring": 1, "moving-shapes": 4}
+
+
+# ---- train ------------------------------------------------------------------------------------
+
+
+def _tasks(text: str) -> dict[str, float]:
+    out = {}
+    for part in text.split(","):
+        name, _, p = part.partition("=")
+        try:
+            out[name.strip()] = float(p)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--tasks expects name=prob,...; got {text!r}") from None
+    return out
+
+
+def _init_distributed() -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .model import FlowceptionConfig, FlowceptionDiT
+    from .noising import NoisingConfig
+    from .training import Trainer, TrainConfig, TrainingDiverged, latest_checkpoint
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _init_distributed()
+    dataset = make_dataset(args.dataset, args.num_videos, args.data_seed)
+    resume_from = latest_checkpoint(args.out) if args.resume else None
+    if resume_from is not None:
+        from .checkpoint import load_json
+
+        model = FlowceptionDiT(FlowceptionConfig.from_dict(load_json(resume_from / "config.json")))
+        config = TrainConfig.from_dict(load_json(resume_from / "trainer_state.json")["train_config"])
+        config.steps = args.steps
+        config.progress = not args.no_progress
+    else:
+        c, h, w = dataset.frame_shape
+        patch = args.patch_size or DEFAULT_PATCH.get(args.dataset, 2)
+        model_config = FlowceptionConfig.from_preset(
+            args.preset, in_channels=c, frame_size=(h, w), patch_size=patch, window=args.window,
+            attention="causal" if args.objective == "autoregressive" else "bidirectional",
+            rate_head=args.objective == "flowception", extra={"dataset": args.dataset})
+        torch.manual_seed(args.seed)
+        model = FlowceptionDiT(model_config)
+        noising = NoisingConfig(tasks=args.tasks, p_uncond=args.p_uncond)
+        config = TrainConfig(steps=args.steps, lr=args.lr, frames_per_batch=args.frames_per_batch,
+                             grad_accum=args.grad_accum, bf16=args.bf16, seed=args.seed, objective=args.objective,
+                             noising=noising, out_dir=str(args.out), log_every=args.log_every,
+                             checkpoint_every=args.checkpoint_every, warmup_steps=min(args.warmup, args.steps),
+                             ema_decay=args.ema_decay, progress=not args.no_progress)
+    trainer = Trainer(model, dataset, config)
+    if resume_from is not None:
+        trainer.resume(resume_from)
+        print(f"flowception: resumed from {resume_from} at step {trainer.step}", file=sys.stderr)
+    try:
+        metrics = trainer.fit()
+    except TrainingDiverged as exc:
+        print(f"flowception: {exc}", file=sys.stderr)
+        return 3
+    if trainer.rank == 0:
+        print(json.dumps({"step": trainer.step, "checkpoint": str(latest_checkpoint(args.out)), **metrics}))
+    return 0
+
+
+# ---- sample -----------------------------------------------------------------------------------
+
+
+def _load_frames(path: str) -> torch.Tensor:
+    """Frames ``[n, C, H, W]`` in [-1, 1] from an image/video file or a .npy/.safetensors tensor."""
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"flowception: context file {p} does not exist")
+    if p.suffix in (".npy", ".safetensors"):
+        from .data.folders import read_tensor_video
+
+        try:
+            return read_tensor_video(p)
+        except Exception as exc:
+            raise SystemExit(f"flowception: cannot read context file {p}: {exc}") from None
+    from .io import load_video
+
+    return load_video(p)
+
+
+def _contexts(args, model, num_videos: int):
+    """One Context per video for the task, from --context files or from the model's dataset."""
+    from .sampling import Context
+
+    if args.task == "uncond":
+        return None
+    if args.context:
+        frames = torch.cat([_load_frames(f) for f in args.context])
+    else:
+        spec = model.config.extra.get("dataset")
+        if spec is None:
+            raise SystemExit(f"flowception: --task {args.task} needs --context FILES")
+        dataset = make_dataset(spec, num_videos=num_videos, seed=args.seed + 10_000)  # held-out videos
+        frames = None
+    out = []
+    for i in range(num_videos):
+        video = frames if frames is not None else dataset[i]
+        video = video[0] if isinstance(video, tuple) else video
+        if args.task == "i2v":
+            out.append(Context.image_to_video(video[:1]))
+        elif args.task == "interpolate":
+            out.append(Context.interpolate(video if frames is not None else video[[0, -1]]))
+        else:
+            out.append(Context.extend(video if frames is not None else video[: max(1, video.shape[0] // 2)]))
+    return out
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .io import save_video
+    from .model import FlowceptionDiT
+    from .sampling import sample
+    from .training import latest_checkpoint
+    from .viz import plot_insertion_order, plot_length_histogram
+
+    source = Path(args.checkpoint)
+    if not (source / "config.json").is_file():
+        found = latest_checkpoint(source)
+        if found is None:
+            raise SystemExit(f"flowception: {source} holds no model (config.json) nor checkpoints")
+        source = found
+    weights = "ema.safetensors" if args.weights == "ema" and (source / "ema.safetensors").is_file() else "model.safetensors"
+    model = FlowceptionDiT.from_pretrained(source, weights=weights)
+    generator = torch.Generator().manual_seed(args.seed)
+    contexts = _contexts(args, model, args.num_videos)
+    output = sample(model, contexts, num_videos=args.num_videos, steps=args.steps, insertion=args.insertion,
+                    rate_guidance=args.rate_guidance, max_frames=args.max_frames, generator=generator,
+                    progress=not args.no_progress)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, video in enumerate(output.videos):
+        paths.append(str(save_video(video, out / f"video_{i:03d}.{args.format}", fps=args.fps, scale=args.scale)))
+    figure = plot_insertion_order(output, out / "insertion_order.png", video=0)
+    hist = plot_length_histogram(output.lengths, out / "lengths.png")
+    summary = {"checkpoint": str(source), "weights": weights, "task": args.task, "steps": args.steps,
+               "lengths": output.lengths, "max_frames_hit": output.max_frames_hit,
+               "model_evaluations": output.num_model_evals, "videos": paths,
+               "insertion_order_figure": str(figure), "length_histogram": str(hist)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps({k: summary[k] for k in ("lengths", "insertion_order_figure", "length_histogram")}))
+    return 0
+
+
+# ---- info / bench -----------------------------------------------------------------------------
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from . import __version__, build_info
+
+    print(json.dumps({"flowception_ext": __version__, **build_info(), "threads": torch.get_num_threads()}, indent=1))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .efficiency import main as efficiency_main
+
+    return efficiency_main(args.bench_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flowception", description="Train and sample Flowception video models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="print the version and what the compiled core contains")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("train", help="train a model (or a baseline) on a dataset",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", required=True, help="toy-coloring, moving-shapes or folder:PATH")
+    p.add_argument("--num-videos", type=int, default=4096, help="size of a synthetic dataset")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of a synthetic dataset")
+    p.add_argument("--preset", default="tiny", help="model size: tiny, small, base, large, paper")
+    p.add_argument("--patch-size", type=int, default=None, help="patch side (default: 1 for toy-coloring, 4 for moving-shapes)")
+    p.add_argument("--window", type=int, default=None, help="attention window in frames (default: all frames)")
+    p.add_argument("--objective", default="flowception", choices=("flowception", "full_sequence", "autoregressive"))
+    p.add_argument("--tasks", type=_tasks, default={"unconditional": 1.0},
+                   help="task mixture, e.g. unconditional=0.5,image_to_video=0.3,interpolation=0.2")
+    p.add_argument("--p-uncond", type=float, default=0.1, help="conditioning dropout probability")
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps (total, when resuming)")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--warmup", type=int, default=50, help="warm-up steps")
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--frames-per-batch", type=int, default=256, help="frame budget of a micro-batch")
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="generate videos from a trained model",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a model directory, a checkpoint, or a run directory (latest checkpoint)")
+    p.add_argument("--weights", default="ema", choices=("ema", "model"), help="EMA or raw weights of a checkpoint")
+    p.add_argument("--task", default="uncond", choices=TASK_CHOICES)
+    p.add_argument("--context", nargs="*", default=None,
+                   help="context frames (images, videos, .npy/.safetensors tensors); default: held-out videos of the training dataset")
+    p.add_argument("--num-videos", type=int, default=8)
+    p.add_argument("--steps", type=int, default=100, help="1/h: steps of the global time")
+    p.add_argument("--insertion", default="bernoulli", choices=("bernoulli", "poisson"))
+    p.add_argument("--rate-guidance", type=float, default=1.0)
+    p.add_argument("--max-frames", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--format", default="gif", choices=("gif", "mp4"))
+    p.add_argument("--fps", type=float, default=8)
+    p.add_argument("--scale", type=int, default=8, help="nearest-neighbour upscaling of the written videos")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("bench", help="benchmarks: `flowception bench efficiency --help`")
+    p.add_argument("which", choices=("efficiency",))
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
