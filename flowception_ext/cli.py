@@ -97,7 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer.resume(resume_from)
         print(f"flowception: resumed from {resume_from} at step {trainer.step}", file=sys.stderr)
     try:
-        metrics = trainer.fit()
+        metrics = trainer.fit(until=args.stop_after)
     except TrainingDiverged as exc:
         print(f"flowception: {exc}", file=sys.stderr)
         return 3
@@ -234,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop (with a checkpoint) at this step; the LR schedule still spans --steps")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

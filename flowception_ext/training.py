@@ -271,19 +271,22 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------
 
-    def fit(self) -> dict[str, float]:
-        """Train until ``config.steps``, logging, previewing and checkpointing on the way."""
+    def fit(self, until: int | None = None) -> dict[str, float]:
+        """Train until step ``until`` (default ``config.steps``; the LR schedule always spans
+        ``config.steps``), logging, previewing and checkpointing on the way; a checkpoint is
+        written at the last step."""
         cfg = self.config
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not cfg.progress or self.rank != 0)
+        until = cfg.steps if until is None else min(until, cfg.steps)
+        bar = tqdm(total=until, initial=self.step, desc="train", disable=not cfg.progress or self.rank != 0)
         last: dict[str, float] = {}
         window_frames, window_start = 0, time.perf_counter()
-        while self.step < cfg.steps:
+        while self.step < until:
             metrics = self.train_step()
             window_frames += metrics["frames"]
             last = metrics
             if self.rank == 0:
                 bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                if self.step % cfg.log_every == 0 or self.step == until:
                     elapsed = time.perf_counter() - window_start
                     record = {"step": self.step, **{k: round(v, 6) for k, v in metrics.items()},
                               "frames_per_s": round(window_frames / max(elapsed, 1e-9), 1)}
@@ -292,7 +295,7 @@ class Trainer:
                     window_frames, window_start = 0, time.perf_counter()
             if cfg.preview_every and self.step % cfg.preview_every == 0 and self.preview is not None and self.rank == 0:
                 self.preview(self, self.step)
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+            if self.step % cfg.checkpoint_every == 0 or self.step == until:
                 self.save_checkpoint()
         bar.close()
         return last

@@ -1,0 +1,177 @@
+"""Trainer: exact resume across processes, crash safety under SIGKILL, DDP == accumulation,
+NaN handling, pickle-free checkpoints, bad data."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flowception_ext import FlowceptionConfig, FlowceptionDiT
+from flowception_ext.checkpoint import load_json, load_tensors
+from flowception_ext.data import TensorFolder, ToyColoring
+from flowception_ext.training import Trainer, TrainConfig, TrainingDiverged, latest_checkpoint
+
+CLI = [sys.executable, "-m", "flowception_ext.cli"]
+TRAIN = ["train", "--dataset", "toy-coloring", "--num-videos", "48", "--preset", "tiny", "--patch-size", "3",
+         "--frames-per-batch", "64", "--threads", "1", "--no-progress", "--warmup", "3", "--log-every", "1"]
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def checkpoint_tensors(ckpt: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for name in ("model", "ema", "optimizer"):
+        out.update({f"{name}/{k}": v for k, v in load_tensors(ckpt / f"{name}.safetensors").items()})
+    return out
+
+
+def assert_identical(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory) -> Path:
+    """20 steps in one go (checkpoint every step, so crash tests can compare with it)."""
+    out = tmp_path_factory.mktemp("straight")
+    run_cli(*TRAIN, "--steps", "20", "--checkpoint-every", "1", "--out", str(out))
+    return latest_checkpoint(out)
+
+
+def test_resume_is_bit_exact_across_processes(straight_run, tmp_path):
+    run_cli(*TRAIN, "--steps", "20", "--stop-after", "10", "--checkpoint-every", "5", "--out", str(tmp_path))
+    assert load_json(latest_checkpoint(tmp_path) / "trainer_state.json")["step"] == 10
+    run_cli(*TRAIN, "--steps", "20", "--checkpoint-every", "5", "--resume", "--out", str(tmp_path))
+    resumed = latest_checkpoint(tmp_path)
+    assert resumed.name == straight_run.name == "step_00000020"
+    assert_identical(checkpoint_tensors(resumed), checkpoint_tensors(straight_run))
+    # the metrics of the resumed half continue the straight run's loss curve exactly
+    straight = [r["loss"] for r in map(eval_json, (straight_run.parent.parent / "metrics.jsonl").read_text().splitlines())]
+    resumed_losses = [r["loss"] for r in map(eval_json, (tmp_path / "metrics.jsonl").read_text().splitlines())]
+    assert resumed_losses == straight
+
+
+def eval_json(line: str) -> dict:
+    import json
+
+    return json.loads(line)
+
+
+def test_sigkill_leaves_a_loadable_checkpoint_and_resume_matches(straight_run, tmp_path):
+    rng = random.Random(0)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    trials = 5
+    for trial in range(trials):
+        out = tmp_path / f"trial{trial}"
+        proc = subprocess.Popen([*CLI, *TRAIN, "--steps", "20", "--checkpoint-every", "1", "--out", str(out)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        # wait until training writes checkpoints, then kill at a random moment
+        deadline = time.time() + 120
+        while latest_checkpoint(out) is None and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.6))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        ckpt = latest_checkpoint(out)
+        assert ckpt is not None
+        FlowceptionDiT.from_pretrained(ckpt)  # loadable
+        checkpoint_tensors(ckpt)
+        assert load_json(ckpt / "trainer_state.json")["step"] == int(ckpt.name.split("_")[1])
+        run_cli(*TRAIN, "--steps", "20", "--checkpoint-every", "1", "--resume", "--out", str(out))
+        assert_identical(checkpoint_tensors(latest_checkpoint(out)), checkpoint_tensors(straight_run))
+
+
+def test_ddp_two_processes_equal_one_process_with_accumulation(tmp_path):
+    pytest.importorskip("torch.distributed")
+    common = [*TRAIN, "--steps", "6", "--checkpoint-every", "6"]
+    run_cli(*common, "--grad-accum", "2", "--out", str(tmp_path / "one"))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                           str(29500 + os.getpid() % 1000), "-m", "flowception_ext.cli", *common,
+                           "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = [eval_json(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    two = [eval_json(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in one] == [r["step"] for r in two] == list(range(1, 7))
+    assert np.allclose([r["loss"] for r in one], [r["loss"] for r in two], atol=1e-5, rtol=0)
+    a, b = checkpoint_tensors(latest_checkpoint(tmp_path / "one")), checkpoint_tensors(latest_checkpoint(tmp_path / "two"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k].double() - b[k].double()).abs().max() <= 1e-5, k
+
+
+def tiny_trainer(tmp_path, dataset=None, **overrides) -> Trainer:
+    dataset = dataset or ToyColoring(num_videos=16, seed=0)
+    c, h, w = dataset.frame_shape
+    model = FlowceptionDiT(FlowceptionConfig(in_channels=c, frame_size=(h, w), patch_size=3, depth=1, hidden_size=24,
+                                             num_heads=2))
+    config = TrainConfig(**{"steps": 6, "frames_per_batch": 64, "checkpoint_every": 2, "out_dir": str(tmp_path),
+                            "progress": False, "warmup_steps": 1, **overrides})
+    return Trainer(model, dataset, config)
+
+
+def test_nan_loss_stops_with_the_last_checkpoint_intact(tmp_path):
+    trainer = tiny_trainer(tmp_path)
+    forward = trainer.model.forward
+
+    def poisoned(*args, **kwargs):
+        velocity, log_rate = forward(*args, **kwargs)
+        return velocity * float("nan") if trainer.step >= 3 else velocity, log_rate
+
+    trainer.model.forward = poisoned
+    with pytest.raises(TrainingDiverged, match="step 3.*step_00000002"):
+        trainer.fit()
+    ckpt = latest_checkpoint(tmp_path)
+    assert ckpt.name == "step_00000002"
+    FlowceptionDiT.from_pretrained(ckpt)
+
+
+def test_resume_refuses_pickle_and_truncated_files(tmp_path):
+    trainer = tiny_trainer(tmp_path)
+    trainer.fit(until=2)
+    ckpt = latest_checkpoint(tmp_path)
+    optimizer_file = ckpt / "optimizer.safetensors"
+    optimizer_file.write_bytes(optimizer_file.read_bytes()[:50])
+    with pytest.raises(ValueError, match="optimizer.safetensors"):
+        tiny_trainer(tmp_path).resume()
+    torch.save({"x": torch.zeros(1)}, ckpt / "ema.safetensors")
+    with pytest.raises(ValueError, match="ema.safetensors"):
+        tiny_trainer(tmp_path).resume()
+    (ckpt / "trainer_state.json").write_text("{not json")
+    with pytest.raises(ValueError, match="trainer_state.json"):
+        tiny_trainer(tmp_path).resume()
+
+
+def test_bad_data_is_named(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    np.save(data_dir / "a.npy", np.zeros((4, 3, 3, 3), np.float32))
+    bad = np.zeros((4, 3, 3, 3), np.float32)
+    bad[1, 0, 0, 0] = np.nan
+    np.save(data_dir / "b.npy", bad)
+    trainer = tiny_trainer(tmp_path / "run", dataset=TensorFolder(data_dir))
+    with pytest.raises(ValueError, match="b.npy"):
+        trainer.fit()
+
+
+def test_train_config_errors():
+    with pytest.raises(ValueError, match="objective"):
+        TrainConfig(objective="diffusion")
+    with pytest.raises(ValueError, match="frames_per_batch"):
+        TrainConfig(frames_per_batch=0)
+    assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
