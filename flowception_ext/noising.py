@@ -138,7 +138,8 @@ class TrainingState:
             next present frame (or the end); 0 where not insertable.
         tau_g: float64 ``[B]`` global extended time ``τ_g``.
         tau_max: float64 ``[B]`` ``max t_ins + 1`` of each video.
-        t_ins: float64 ``[N]`` insertion time of each present frame (0 for start and context).
+        t_ins: float64 ``[N_clean]`` insertion time of every clean frame (0 for start and
+            context frames); ``t_ins[source_index]`` for the present ones.
         source_index: int64 ``[N]`` row of each present frame in the clean batch.
         roles: int8 ``[N_clean]`` role of every clean frame (:data:`ROLE_FREE`, ...).
         task: int64 ``[B]`` index into :data:`TASKS` of each video's task.
@@ -221,7 +222,7 @@ def make_training_state(
         insert_counts=counts[src],
         tau_g=tau_g,
         tau_max=tau_max,
-        t_ins=t_ins[src],
+        t_ins=t_ins,
         source_index=src,
         roles=roles.to(torch.int8),
         task=task,
