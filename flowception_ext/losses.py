@@ -3,6 +3,7 @@ Poisson insertion loss on insertable slots, both averaged over the whole batch."
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -63,11 +64,9 @@ def flowception_loss(
 
     # Velocity: sum over the flowing frames, divided by their number in the batch (not per video).
     dtype = torch.promote_types(velocity.dtype, torch.float32)
-    flowing = state.flowing
-    diff = velocity.to(dtype) - target.to(dtype)
-    sq = diff.square().flatten(1).sum(1)  # [N]
-    n_flow = flowing.sum().clamp(min=1)
-    l_vel = torch.where(flowing, sq, 0).sum() / (n_flow * diff[0].numel() if diff.shape[0] else 1)
+    sq = (velocity.to(dtype) - target.to(dtype)).square().flatten(1).sum(1)  # [N]
+    denom = (state.flowing.sum() * math.prod(target.shape[1:])).clamp(min=1)
+    l_vel = torch.where(state.flowing, sq, 0).sum() / denom
 
     # Insertion: Poisson NLL (up to log K!) λ − K log λ = exp(ℓ) − K ℓ, over the insertable slots.
     ell = log_rate.to(torch.promote_types(log_rate.dtype, torch.float32))

@@ -52,7 +52,8 @@ class NoisingConfig:
             see ``interpolation_p_last`` and ``interpolation_max_interior``).
         n_start: frames present from the start (>= 1): frame 0 when it is not context, plus
             ``n_start − 1`` further starting frames drawn uniformly among the non-context frames
-            after frame 0 (all of them when there are fewer).
+            after frame 0 (all of them when there are fewer). So image-to-video with ``n_start = 1``
+            has no starting frame, as SPEC §3.1 reads, and ``s`` is redrawn until a frame flows.
         kappa: insertion scheduler κ (instance, name or ``to_dict()`` form).
         time_distribution: law of ``s`` in ``τ_g = s · τ_max`` (instance, name or dict).
         p_uncond: probability that a video's context (and label) is dropped, for guidance.
@@ -193,8 +194,8 @@ def make_training_state(
     tau = tau_g[vid] - t_ins  # frame extended times
     present = tau >= 0  # start and context frames have t_ins = 0 <= τ_g
     # SPEC §3.1: a context frame is insertable iff the next frame of the video exists and is not context.
-    next_is_free = (pos < lengths[vid] - 1) & ~torch.roll(is_ctx, -1)
-    insertable = ~is_ctx | next_is_free
+    next_not_context = (pos < lengths[vid] - 1) & ~torch.roll(is_ctx, -1)
+    insertable = ~is_ctx | next_not_context
     # Each deleted frame falls in the slot of the nearest present frame on its left (frame 0 is
     # always present, so the running max never crosses into the previous video).
     row = torch.arange(videos.num_frames, device=dev)
