@@ -43,13 +43,6 @@ def draw(videos, seed=0, **config) -> TrainingState:
     return make_training_state(videos, generator=torch.Generator().manual_seed(seed), config=NoisingConfig(**config))
 
 
-def per_video(state: TrainingState, videos: PackedVideos):
-    """Per-video python lists of the clean-batch quantities, for reference loops."""
-    present = torch.zeros(videos.num_frames, dtype=torch.bool)
-    present[state.source_index] = True
-    return (videos.split(state.roles.long()), videos.split(state.t_ins), videos.split(present))
-
-
 def present_mask(state, n_clean):
     present = torch.zeros(n_clean, dtype=torch.bool)
     present[state.source_index] = True
@@ -144,7 +137,7 @@ def test_structure_matches_reference(kappa, n_start):
     assert state.source_index.diff().gt(0).all()  # order kept
     torch.testing.assert_close(inp.video_index, videos.video_index[state.source_index], rtol=0, atol=0)
     present_all = present_mask(state, videos.num_frames)
-    roles_v, t_ins_v, _ = per_video(state, videos)
+    roles_v, t_ins_v = videos.split(state.roles.long()), videos.split(state.t_ins)
     p_idx = 0
     for b, (roles, t_ins) in enumerate(zip(roles_v, t_ins_v)):
         roles, t_ins, n = roles.tolist(), t_ins.tolist(), len(roles)
@@ -198,7 +191,7 @@ def test_single_frame_videos_are_unconditional():
 # ---- exact noising -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-14), (torch.float32, 1e-6)])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-14), (torch.float32, 1e-5)])
 def test_noisy_frames_and_targets(dtype, tol):
     videos = make_batch(random_lengths(500, 1, 8), frame_shape=(2, 3, 3), dtype=dtype)
     state = draw(videos, tasks=MIXED, p_uncond=0.0)
