@@ -178,7 +178,8 @@ def make_training_state(
     _check_videos(videos)
     dev = videos.frames.device
     cu, vid, lengths = videos.cu_seqlens, videos.video_index, videos.lengths
-    pos = torch.arange(videos.num_frames, device=dev) - cu[vid]
+    row = torch.arange(videos.num_frames, device=dev)
+    pos = row - cu[vid]  # position inside the video
 
     task = _draw_tasks(config, lengths, generator)
     roles = _draw_roles(config, task, cu, vid, pos, lengths, generator)
@@ -198,7 +199,6 @@ def make_training_state(
     insertable = ~is_ctx | next_not_context
     # Each deleted frame falls in the slot of the nearest present frame on its left (frame 0 is
     # always present, so the running max never crosses into the previous video).
-    row = torch.arange(videos.num_frames, device=dev)
     left_present = torch.cummax(torch.where(present, row, -1), 0).values
     counts = torch.zeros(videos.num_frames, dtype=torch.int64, device=dev)
     counts.index_add_(0, left_present[~present], torch.ones_like(left_present[~present]))
