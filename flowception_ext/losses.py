@@ -26,7 +26,7 @@ class LossOutput:
 
 def flowception_loss(
     velocity: Tensor,
-    log_rate: Tensor,
+    log_rate: Tensor | None,
     state: TrainingState,
     *,
     insertion_weight: float = 1.0,
@@ -44,7 +44,8 @@ def flowception_loss(
 
     Args:
         velocity: ``[N, C, H, W]`` predicted velocity of every present frame.
-        log_rate: ``[N]`` predicted log insertion rate of every present frame's slot.
+        log_rate: ``[N]`` predicted log insertion rate of every present frame's slot, or ``None`` for a
+            model without a rate head (then the loss is the velocity loss alone).
         state: the training state the prediction was made on.
         insertion_weight: ``w_ins`` in ``L = L_vel + w_ins · L_ins``.
         hazard_weighting: weight each slot by ``ρ(min(τ_g, 1))``; needs ``kappa``.
@@ -54,10 +55,10 @@ def flowception_loss(
     if not isinstance(velocity, Tensor) or velocity.shape != target.shape:
         raise ValueError(f"velocity must have the shape of state.velocity_target {tuple(target.shape)}, "
                          f"got {_shape(velocity)}")
-    if not isinstance(log_rate, Tensor) or log_rate.shape != (target.shape[0],):
+    if log_rate is not None and (not isinstance(log_rate, Tensor) or log_rate.shape != (target.shape[0],)):
         raise ValueError(f"log_rate must be [N] = [{target.shape[0]}] (one per present frame), got {_shape(log_rate)}")
     for name, x in (("velocity", velocity), ("log_rate", log_rate)):
-        if not x.is_floating_point():
+        if x is not None and not x.is_floating_point():
             raise TypeError(f"{name} must be a floating tensor, got {x.dtype}")
     if hazard_weighting and kappa is None:
         raise ValueError("hazard_weighting needs kappa (the scheduler the state was drawn with)")
@@ -67,6 +68,9 @@ def flowception_loss(
     sq = (velocity.to(dtype) - target.to(dtype)).square().flatten(1).sum(1)  # [N]
     denom = (state.flowing.sum() * math.prod(target.shape[1:])).clamp(min=1)
     l_vel = torch.where(state.flowing, sq, 0).sum() / denom
+
+    if log_rate is None:  # a model without a rate head (the baselines): velocity loss only
+        return LossOutput(total=l_vel, velocity=l_vel, insertion=torch.zeros_like(l_vel))
 
     # Insertion: Poisson NLL (up to log K!) λ − K log λ = exp(ℓ) − K ℓ, over the insertable slots.
     ell = log_rate.to(torch.promote_types(log_rate.dtype, torch.float32))

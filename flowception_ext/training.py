@@ -240,9 +240,8 @@ class Trainer:
             with ctx, torch.autocast(videos.frames.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 loss = self.objective(self.net, videos, labels, generator, cfg)
                 (loss.total / cfg.grad_accum).backward()
-            totals["loss"] += float(loss.total) / cfg.grad_accum
-            totals["velocity"] += float(loss.velocity) / cfg.grad_accum
-            totals["insertion"] += float(loss.insertion) / cfg.grad_accum
+            for key, value in (("loss", loss.total), ("velocity", loss.velocity), ("insertion", loss.insertion)):
+                totals[key] += float(value.detach()) / cfg.grad_accum
         if self.distributed:
             t = torch.tensor([totals["loss"], totals["velocity"], totals["insertion"], frames], dtype=torch.float64)
             dist.all_reduce(t)

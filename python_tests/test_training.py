@@ -25,9 +25,14 @@ TRAIN = ["train", "--dataset", "toy-coloring", "--num-videos", "48", "--preset",
          "--frames-per-batch", "64", "--threads", "1", "--no-progress", "--warmup", "3", "--log-every", "1"]
 
 
+# Subprocesses run outside the source tree so they import the installed package (as the test
+# process does), not the sources next to it.
+NEUTRAL_CWD = Path(__file__).resolve().parent.parent.parent
+
+
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=NEUTRAL_CWD)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -79,7 +84,7 @@ def test_sigkill_leaves_a_loadable_checkpoint_and_resume_matches(straight_run, t
     for trial in range(trials):
         out = tmp_path / f"trial{trial}"
         proc = subprocess.Popen([*CLI, *TRAIN, "--steps", "20", "--checkpoint-every", "1", "--out", str(out)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=NEUTRAL_CWD)
         # wait until training writes checkpoints, then kill at a random moment
         deadline = time.time() + 120
         while latest_checkpoint(out) is None and proc.poll() is None and time.time() < deadline:
@@ -103,7 +108,8 @@ def test_ddp_two_processes_equal_one_process_with_accumulation(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                            str(29500 + os.getpid() % 1000), "-m", "flowception_ext.cli", *common,
-                           "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=300, env=env)
+                           "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=NEUTRAL_CWD)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = [eval_json(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     two = [eval_json(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
