@@ -79,7 +79,7 @@ def save_video(frames: Tensor | Sequence[Tensor], path: str | Path, fps: float =
 
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".gif":  # Pillow plugin: duration per frame in ms
-        iio.imwrite(path, pixels[..., 0] if pixels.shape[-1] == 1 else pixels, extension=".gif",
+        iio.imwrite(path, pixels[..., 0] if pixels.shape[-1] == 1 else pixels, extension=".gif", is_batch=True,
                     duration=1000.0 / fps, loop=0)
     else:
         if pixels.shape[1] % 2 or pixels.shape[2] % 2:
