@@ -108,17 +108,23 @@ def load_video(path: str | Path, *, value_range: tuple[float, float] = (-1.0, 1.
 
 
 def _as_video(frames: Tensor | Sequence[Tensor]) -> Tensor:
-    """``[n, C, H, W]`` from a tensor or a list of ``[C, H, W]`` frames (checked, n >= 1)."""
-    if not isinstance(frames, Tensor):
-        frames = list(frames)
-        if not frames or not all(isinstance(f, Tensor) and f.dim() == 3 for f in frames):
-            raise ValueError("frames must be a [n, C, H, W] tensor or a non-empty list of [C, H, W] tensors")
-        if any(f.shape != frames[0].shape for f in frames):
-            raise ValueError(f"all frames must have the same shape, got {sorted({tuple(f.shape) for f in frames})}")
-        frames = torch.stack(frames)
-    if frames.dim() != 4 or frames.shape[0] < 1:
-        raise ValueError(f"frames must be a non-empty [n, C, H, W] tensor, got shape {tuple(frames.shape)}")
+    """A checked grey or RGB ``[n, C, H, W]`` video."""
+    frames = _as_frames(frames, "frames", 1)
     if frames.shape[1] not in (1, 3):
         raise ValueError(f"frames must have 1 (grey) or 3 (RGB) channels, got {frames.shape[1]}; "
                          "decode latents or pick channels first")
+    return frames
+
+
+def _as_frames(frames: Tensor | Sequence[Tensor], name: str, minimum: int) -> Tensor:
+    """A checked ``[n, C, H, W]`` tensor (n >= minimum) from a tensor or a list of ``[C, H, W]`` frames."""
+    if not isinstance(frames, Tensor):
+        frames = list(frames)
+        if not frames or not all(isinstance(f, Tensor) and f.dim() == 3 for f in frames):
+            raise ValueError(f"{name} must be a [n, C, H, W] tensor or a non-empty list of [C, H, W] tensors")
+        if any(f.shape != frames[0].shape for f in frames):
+            raise ValueError(f"{name}: all frames must have the same shape, got {[tuple(f.shape) for f in frames]}")
+        frames = torch.stack(frames)
+    if frames.dim() != 4 or frames.shape[0] < minimum:
+        raise ValueError(f"{name} must be [n, C, H, W] with n >= {minimum}, got shape {tuple(frames.shape)}")
     return frames

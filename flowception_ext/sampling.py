@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .io import _as_frames
 from .packing import PackedVideos, times_dtype_for
 from .schedules import KappaScheduler, kappa_from_name
 
@@ -67,11 +68,7 @@ class Context:
     insertable: Tensor
 
     def __post_init__(self) -> None:
-        frames = self.frames
-        if not isinstance(frames, Tensor):
-            frames = _stack_frames(frames, "frames")
-        if frames.dim() != 4 or frames.shape[0] < 1:
-            raise ValueError(f"context frames must be a non-empty [n, C, H, W] tensor, got shape {tuple(frames.shape)}")
+        frames = _as_frames(self.frames, "context frames", 1)
         if not frames.is_floating_point():
             raise TypeError(f"context frames must be floating, got {frames.dtype}")
         insertable = torch.as_tensor(self.insertable, device=frames.device)
@@ -93,23 +90,15 @@ class Context:
     def interpolate(cls, keyframes: Tensor | Sequence[Tensor]) -> "Context":
         """Interpolation between keyframes (``[k, C, H, W]``, k >= 2): frames may be inserted between
         consecutive keyframes; the last keyframe is passive (it ends the video)."""
-        frames = keyframes if isinstance(keyframes, Tensor) else _stack_frames(keyframes, "keyframes")
-        if frames.dim() != 4 or frames.shape[0] < 2:
-            raise ValueError(f"keyframes must be [k, C, H, W] with k >= 2, got shape {tuple(frames.shape)}")
-        insertable = torch.ones(frames.shape[0], dtype=torch.bool)
-        insertable[-1] = False
-        return cls(frames, insertable)
+        frames = _as_frames(keyframes, "keyframes", 2)
+        return cls(frames, torch.arange(frames.shape[0]) < frames.shape[0] - 1)
 
     @classmethod
     def extend(cls, video: Tensor | Sequence[Tensor]) -> "Context":
         """Video extension: the given frames (``[n, C, H, W]``) stay as they are (all passive) and new
         frames are generated after the last one."""
-        frames = video if isinstance(video, Tensor) else _stack_frames(video, "video")
-        if frames.dim() != 4 or frames.shape[0] < 1:
-            raise ValueError(f"video must be a non-empty [n, C, H, W] tensor, got shape {tuple(frames.shape)}")
-        insertable = torch.zeros(frames.shape[0], dtype=torch.bool)
-        insertable[-1] = True
-        return cls(frames, insertable)
+        frames = _as_frames(video, "video", 1)
+        return cls(frames, torch.arange(frames.shape[0]) == frames.shape[0] - 1)
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:
@@ -400,10 +389,14 @@ def sample(
         max_frames: per-video cap (``None``: no cap). Drawn insertions that would exceed it are
             discarded from the rightmost slots, and ``max_frames_hit`` reports it.
         labels: class labels ``[B]`` passed to the model (``None``: unconditional).
-        generator: one ``torch.Generator`` (on the sampling device) for the batch, or one per video;
-            per-video generators make every video independent of the batch it is sampled in (see
-            :class:`_Randomness`; bit-identical outputs then also need a model whose per-video
-            output does not depend on the batch, e.g. no batch-size-dependent kernels).
+        generator: one ``torch.Generator`` (on the sampling device) for the batch, or a list with one
+            per video. With one generator, draws are made for the packed batch at once and new
+            frames' noise comes from the ``ragged_insert`` kernel (seeded from the generator). With
+            one per video, every draw of video ``b`` (starting noise, insertion draws, fixed-order
+            schedules and the noise of its new frames, which is drawn per video and written into
+            the new rows) comes from ``generator[b]`` in amounts that depend only on that video, so
+            each video is independent of the batch it is sampled in — bit for bit if the model's
+            output for a video does not depend on the rest of the batch either.
         order: ``"learned"`` (the model's rates) or a data-independent order for the paper's
             Table 2 ablation — ``"random"``, ``"hierarchical"``, ``"left_to_right"`` — that ignores
             the rates and inserts exactly ``target_length − initial length`` frames per video
@@ -512,7 +505,11 @@ def sample(
             if inserting:
                 lengths = videos.lengths.tolist()
                 if fixed is None:
-                    mean = torch.where(videos.insertable, h * float(kappa.hazard(t_g)) * log_rate.exp(), 0.0)
+                    scale = h * float(kappa.hazard(t_g))
+                    if not math.isfinite(scale):
+                        raise ValueError(f"the hazard of kappa={kappa.to_dict()} is infinite at t_g={t_g}; "
+                                         "use a scheduler with a finite hazard (e.g. polynomial with power >= 1)")
+                    mean = torch.where(videos.insertable, scale * log_rate.exp(), 0.0)
                     counts = rng.draw(_insertion_draw(insertion), lengths, mean)
                 else:
                     counts = torch.tensor(fixed.counts(step), dtype=torch.int64, device=device)
@@ -657,15 +654,6 @@ def _device_and_dtype(model: nn.Module, contexts: list[Context | None]) -> tuple
     if param is None:
         return torch.device("cpu"), torch.float32
     return param.device, param.dtype if param.is_floating_point() else torch.float32
-
-
-def _stack_frames(frames, name: str) -> Tensor:
-    frames = list(frames)
-    if not frames or not all(isinstance(f, Tensor) and f.dim() == 3 for f in frames):
-        raise ValueError(f"{name} must be a [n, C, H, W] tensor or a non-empty list of [C, H, W] tensors")
-    if any(f.shape != frames[0].shape for f in frames):
-        raise ValueError(f"{name}: all frames must have the same shape, got {[tuple(f.shape) for f in frames]}")
-    return torch.stack(frames)
 
 
 def _describe(x) -> str:

@@ -81,10 +81,7 @@ def plot_insertion_order(output: SampleOutput, path: str | Path, video: int = 0,
         ax.set_title(label, fontsize=8)
     bar = fig.add_subplot(grid[:, cols])
     fig.colorbar(ScalarMappable(norm=norm, cmap=colours), cax=bar, label="insertion time $t_g$")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    return path
+    return _save(fig, path)
 
 
 def plot_length_histogram(lengths: Sequence[int] | Tensor, path: str | Path,
@@ -106,6 +103,10 @@ def plot_length_histogram(lengths: Sequence[int] | Tensor, path: str | Path,
     ax.set_ylabel("fraction of videos")
     ax.set_title(title or "video lengths")
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight")

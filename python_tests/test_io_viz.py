@@ -69,7 +69,7 @@ def test_bad_video_input(tmp_path):
         save_video(torch.zeros(2, 4, 4, 4), tmp_path / "v.gif")
     with pytest.raises(ValueError, match=r"path must end in .gif or .mp4"):
         save_video(torch.zeros(2, 3, 4, 4), tmp_path / "v.avi")
-    with pytest.raises(ValueError, match=r"non-empty \[n, C, H, W\]"):
+    with pytest.raises(ValueError, match=r"frames must be \[n, C, H, W\] with n >= 1"):
         save_video(torch.zeros(3, 4, 4), tmp_path / "v.gif")
     with pytest.raises(ValueError, match="same shape"):
         save_video([torch.zeros(3, 4, 4), torch.zeros(3, 2, 2)], tmp_path / "v.gif")

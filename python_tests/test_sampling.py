@@ -385,6 +385,7 @@ BAD = [
     (dict(frame_shape=(1, 0, 2)), ValueError, "frame_shape must be"),
     (dict(callback=3), TypeError, "callback must be callable"),
     (dict(kappa="quadratic"), ValueError, "unknown kappa scheduler"),
+    (dict(kappa={"name": "polynomial", "power": 0.5}), ValueError, "hazard of kappa"),
 ]
 
 
