@@ -160,9 +160,10 @@ class SamplerState:
         step: index of the step just taken (0-based).
         t_g: global time after the step.
         videos: the packed batch (frames, local times, flags, ``cu_seqlens``).
-        finished: bool ``[N]``: frames that will not change any more and will get no new neighbour
-            (``t = 1`` once insertions have ended, i.e. ``t_g = 1``); context frames included. In
-            each video these are final frames in their final order, ready to be streamed out.
+        finished: bool ``[N]``: final frames: clean (``t = 1``, context frames included) and with
+            nothing left to insert before them — insertions have ended (``t_g = 1``), or no frame
+            before them in their video is insertable (e.g. the passive prefix of an extension).
+            Stream a video by emitting its longest finished prefix as it grows.
         insert_step, insert_time: per frame, as in :class:`SampleOutput` (packed).
         max_frames_hit: bool ``[B]``.
     """
@@ -529,8 +530,7 @@ def sample(
                 history_t.append(t_g)
                 history_len.append(videos.lengths)
             if callback is not None:
-                finished = (videos.times == 1) & (t_g >= 1.0)
-                state = SamplerState(step - 1, t_g, videos, finished, insert_step, insert_time, hit)
+                state = SamplerState(step - 1, t_g, videos, _finished(videos, t_g), insert_step, insert_time, hit)
                 if callback(step - 1, state) is True:
                     completed = False
                     break
@@ -553,6 +553,17 @@ def sample(
         completed=completed,
         history=history,
     )
+
+
+def _finished(videos: PackedVideos, t_g: float) -> Tensor:
+    """Clean frames that no insertion can precede any more (see :class:`SamplerState`)."""
+    clean = videos.times == 1
+    if t_g >= 1.0:
+        return clean
+    slots = videos.insertable.long().cumsum(0)
+    first = torch.cat([slots.new_zeros(1), slots])[videos.cu_seqlens[:-1]]  # insertable frames before each video
+    before = slots - videos.insertable.long() - first[videos.video_index]  # insertable frames before each frame
+    return clean & (before == 0)
 
 
 def _insertion_draw(insertion: str) -> Callable[..., Tensor]:

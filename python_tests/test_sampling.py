@@ -126,7 +126,9 @@ def test_zero_rate_no_insertion_and_exact_steps(steps, with_context):
         assert t_g == pytest.approx((step + 1) / steps)
         flowing = torch.tensor(start * 2)
         torch.testing.assert_close(times[flowing], torch.full((4,), (step + 1) / steps), rtol=0, atol=1e-6)
-        assert finished.all() == (step == steps - 1) and finished.any() == (step == steps - 1)
+        last = step == steps - 1
+        assert finished[flowing].all() == last and finished[flowing].any() == last
+        assert finished[~flowing].all()  # the passive prefix of an extension is final from the start
     assert (seen[-1][2] == 1).all()
     for b in range(2):
         assert out.insert_step[b].tolist() == [-1] * len(start)
@@ -324,16 +326,24 @@ def test_fixed_order_spreads_frames_over_the_insertable_slots():
 # ---- callback, history, model mode, shapes -----------------------------------------------------
 
 
-def test_callback_stops_and_finished_frames_can_be_streamed():
-    streamed = {}
+@pytest.mark.parametrize("task", ["i2v", "extend"])
+def test_callback_stops_and_finished_frames_can_be_streamed(task):
+    prefix = keyframes(4)
+    context = Context.image_to_video(prefix[0]) if task == "i2v" else Context.extend(prefix)
+    streamed: dict[int, list[torch.Tensor]] = {0: [], 1: []}
+    ready_before_the_end = []
 
-    def collect(step, state):
-        if state.insertions_ended:
-            for b, (frames, done) in enumerate(zip(state.videos.to_list(), state.videos.split(state.finished))):
-                streamed[b] = frames[done].clone()
-    out = run(constant_rate(0.0), Context.image_to_video(keyframes(1)[0]), num_videos=2, steps=10, callback=collect)
+    def stream(step, state):  # emit each video's longest finished prefix as it grows
+        for b, (frames, done) in enumerate(zip(state.videos.to_list(), state.videos.split(state.finished))):
+            ready = int(done.long().cumprod(0).sum())
+            streamed[b].extend(frames[len(streamed[b]):ready].clone())
+            if not state.insertions_ended:
+                ready_before_the_end.append(ready)
+    out = run(constant_rate(0.0), context, num_videos=2, steps=10, callback=stream)
     for b, video in enumerate(out.videos):
-        assert torch.equal(streamed[b], video)
+        assert torch.equal(torch.stack(streamed[b]), video)
+    # the given frames with no insertable slot before them are final at once, nothing else is
+    assert ready_before_the_end == [len(context)] * 18
     stop = run(constant_rate(0.0), num_videos=2, steps=10, callback=lambda step, state: step == 2)
     assert stop.num_steps == 3 and not stop.completed
 
