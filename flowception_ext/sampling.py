@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .io import _as_frames
-from .packing import PackedVideos, times_dtype_for
+from .packing import PackedVideos
 from .schedules import KappaScheduler, kappa_from_name
 
 __all__ = [
@@ -433,43 +433,10 @@ def sample(
     if labels is not None and (not isinstance(labels, Tensor) or labels.dim() < 1 or labels.shape[0] != num_videos):
         raise ValueError(f"labels must be a tensor with one entry per video ({num_videos}), got {_describe(labels)}")
 
-    ctx_frames = [c.frames.to(device, dtype) if c is not None else torch.empty(0, *shape, device=device, dtype=dtype)
-                  for c in contexts]
-    ctx_flags = [c.insertable.tolist() if c is not None else [] for c in contexts]
-    for b, flags in enumerate(ctx_flags):
-        if n_start > 0 and flags and not any(flags):
-            raise ValueError(f"context of video {b} has no insertable frame: there is no slot for the n_start starting frames")
-        if n_start == 0 and not flags:
-            raise ValueError("n_start must be >= 1 without context (a video needs a frame to grow from)")
-    initial_lengths = [len(f) + n_start for f in ctx_flags]
-    if max_frames is not None:
-        _check_int("max_frames", max_frames, 1)
-        if max_frames < max(initial_lengths):
-            raise ValueError(f"max_frames ({max_frames}) is below the initial length of a video "
-                             f"(context + n_start = {max(initial_lengths)})")
-    if order == "learned":
-        if target_length is not None:
-            raise ValueError("target_length only applies to the non-learned orders (order='learned' uses the model's rates)")
-    else:
-        if target_length is None:
-            raise ValueError(f"order={order!r} needs target_length")
-        _check_int("target_length", target_length, max(initial_lengths))
-        if max_frames is not None and target_length > max_frames:
-            raise ValueError(f"target_length ({target_length}) exceeds max_frames ({max_frames})")
+    _check_lengths(contexts, n_start, max_frames, order, target_length)
     rng = _Randomness(generator, num_videos)
 
-    # Initial sequences: context (t = 1), with the starting noise frames after the last insertable one.
-    noise = rng.draw(lambda n, g: torch.randn((n, *shape), generator=g, device=device, dtype=dtype),
-                     [n_start] * num_videos).split([n_start] * num_videos)
-    frames, is_context, insertable = [], [], []
-    for b in range(num_videos):
-        flags = ctx_flags[b]
-        at = max((i + 1 for i, f in enumerate(flags) if f), default=0)
-        frames.append(torch.cat([ctx_frames[b][:at], noise[b], ctx_frames[b][at:]]))
-        is_context.append(torch.tensor([True] * at + [False] * n_start + [True] * (len(flags) - at)))
-        insertable.append(torch.tensor(flags[:at] + [True] * n_start + flags[at:], dtype=torch.bool))
-    videos = PackedVideos.from_list(frames, is_context=is_context, insertable=insertable).to(device)
-    videos = videos.replace(times=videos.is_context.to(videos.times.dtype))
+    videos = _initial_batch(contexts, n_start, shape, device, dtype, rng)
     ages = torch.where(videos.is_context, steps, 0)  # flow steps taken; u = ages / steps
     insert_step = torch.full((videos.num_frames,), -1, dtype=torch.int64, device=device)
     insert_time = torch.zeros(videos.num_frames, dtype=torch.float64, device=device)
@@ -487,21 +454,12 @@ def sample(
         while True:
             t_g = step * h
             inserting = step < steps
-            active = ~videos.is_context & (ages < steps)
-            if not inserting and not bool(active.any()):
+            if not inserting and not bool((ages < steps).any()):  # context frames have ages == steps
                 break
             v, log_rate, passes = guided_prediction(model, videos, labels, rate_guidance, velocity_guidance)
             evals += passes
 
-            # Flow step in the solver coordinate u = ages / steps, t = u^γ.
-            t_old = (ages.double() / steps) ** gamma
-            ages = ages + active.long()
-            t_new = (ages.double() / steps) ** gamma
-            dt = (t_new - t_old).to(videos.frames.dtype).view(-1, 1, 1, 1)
-            mask = active.view(-1, 1, 1, 1)
-            new_frames = torch.where(mask, videos.frames + dt * v.to(videos.frames.dtype), videos.frames)
-            times = torch.where(videos.is_context, 1.0, t_new).to(times_dtype_for(new_frames.dtype))
-            videos = videos.replace(frames=new_frames, times=times)
+            videos, ages = _flow_step(videos, ages, v, steps, gamma)
 
             if inserting:
                 lengths = videos.lengths.tolist()
@@ -540,8 +498,7 @@ def sample(
 
     history = None
     if return_history:
-        history = SampleHistory(torch.tensor(history_t, dtype=torch.float64),
-                                torch.stack(history_len) if history_len else torch.empty(0, num_videos, dtype=torch.int64))
+        history = SampleHistory(torch.tensor(history_t, dtype=torch.float64), torch.stack(history_len))
     return SampleOutput(
         videos=videos.to_list(),
         insert_step=videos.split(insert_step),
@@ -553,6 +510,36 @@ def sample(
         completed=completed,
         history=history,
     )
+
+
+def _initial_batch(contexts: list[Context | None], n_start: int, shape: tuple[int, int, int],
+                   device: torch.device, dtype: torch.dtype, rng: _Randomness) -> PackedVideos:
+    """The context frames (t = 1) with ``n_start`` noise frames (t = 0) after the last insertable one."""
+    noise = rng.draw(lambda n, g: torch.randn((n, *shape), generator=g, device=device, dtype=dtype),
+                     [n_start] * len(contexts)).split([n_start] * len(contexts))
+    frames, is_context, insertable = [], [], []
+    for c, start in zip(contexts, noise):
+        given = c.frames.to(device, dtype) if c is not None else start[:0]
+        flags = c.insertable.tolist() if c is not None else []
+        at = max((i + 1 for i, f in enumerate(flags) if f), default=0)
+        frames.append(torch.cat([given[:at], start, given[at:]]))
+        is_context.append(torch.tensor([True] * at + [False] * n_start + [True] * (len(flags) - at)))
+        insertable.append(torch.tensor(flags[:at] + [True] * n_start + flags[at:], dtype=torch.bool))
+    videos = PackedVideos.from_list(frames, is_context=is_context, insertable=insertable)
+    return videos.replace(times=videos.is_context.to(videos.times.dtype))
+
+
+def _flow_step(videos: PackedVideos, ages: Tensor, velocity: Tensor, steps: int,
+               gamma: float) -> tuple[PackedVideos, Tensor]:
+    """One Euler step in the solver coordinate ``u = ages / steps`` (``t = u^γ``) for the flowing frames."""
+    active = ages < steps  # context frames have ages == steps
+    t_old = (ages.double() / steps) ** gamma
+    ages = ages + active.long()
+    t_new = (ages.double() / steps) ** gamma
+    dt = (t_new - t_old).to(videos.frames.dtype).view(-1, 1, 1, 1)
+    frames = torch.where(active.view(-1, 1, 1, 1), videos.frames + dt * velocity.to(videos.frames.dtype), videos.frames)
+    times = torch.where(videos.is_context, 1.0, t_new).to(videos.times.dtype)
+    return videos.replace(frames=frames, times=times), ages
 
 
 def _finished(videos: PackedVideos, t_g: float) -> Tensor:
@@ -618,6 +605,32 @@ def _check_int(name: str, value, minimum: int) -> None:
         raise TypeError(f"{name} must be an int, got {_describe(value)}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _check_lengths(contexts: list[Context | None], n_start: int, max_frames: int | None, order: str,
+                   target_length: int | None) -> None:
+    """Every video has a frame to grow from and room under ``max_frames``; ``target_length`` fits the order."""
+    ctx_flags = [c.insertable.tolist() if c is not None else [] for c in contexts]
+    for b, flags in enumerate(ctx_flags):
+        if n_start > 0 and flags and not any(flags):
+            raise ValueError(f"context of video {b} has no insertable frame: there is no slot for the n_start starting frames")
+        if n_start == 0 and not flags:
+            raise ValueError("n_start must be >= 1 without context (a video needs a frame to grow from)")
+    initial_lengths = [len(f) + n_start for f in ctx_flags]
+    if max_frames is not None:
+        _check_int("max_frames", max_frames, 1)
+        if max_frames < max(initial_lengths):
+            raise ValueError(f"max_frames ({max_frames}) is below the initial length of a video "
+                             f"(context + n_start = {max(initial_lengths)})")
+    if order == "learned":
+        if target_length is not None:
+            raise ValueError("target_length only applies to the non-learned orders (order='learned' uses the model's rates)")
+    else:
+        if target_length is None:
+            raise ValueError(f"order={order!r} needs target_length")
+        _check_int("target_length", target_length, max(initial_lengths))
+        if max_frames is not None and target_length > max_frames:
+            raise ValueError(f"target_length ({target_length}) exceeds max_frames ({max_frames})")
 
 
 def _check_context(context, num_videos: int | None) -> tuple[list[Context | None], int]:
