@@ -1,9 +1,9 @@
 """Video files: write generated frames as GIF or MP4 and read them back.
 
-GIF goes through imageio's Pillow plugin (always available with the ``video`` extra). Pillow
-merges consecutive *identical* frames of a GIF into one longer frame (the total duration is
-kept), so a GIF of a still video has fewer frames than the video; MP4 keeps every frame. MP4
-needs ``imageio-ffmpeg`` (``pip install 'flowception_ext[video]'``).
+GIFs are written frame by frame through Pillow's GIF encoder with one 256-colour palette for the
+whole video (exact for videos with at most 256 distinct colours, such as grey ones), keeping
+every frame — Pillow's ``save_all`` would merge identical consecutive frames, so a still video
+would come back shorter. MP4 needs ``imageio-ffmpeg`` (``pip install 'flowception_ext[video]'``).
 """
 
 from __future__ import annotations
@@ -74,20 +74,34 @@ def save_video(frames: Tensor | Sequence[Tensor], path: str | Path, fps: float =
         if suffix == ".mp4" and (height * scale % 2 or width * scale % 2):
             scale += 1  # scale is odd here, so the sides become even
     pixels = to_uint8(frames, value_range, scale)
-    import imageio.v2 as imageio  # imported lazily: an optional dependency
-    import imageio.v3 as iio
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".gif":  # Pillow plugin: duration per frame in ms
-        iio.imwrite(path, pixels[..., 0] if pixels.shape[-1] == 1 else pixels, extension=".gif", is_batch=True,
-                    duration=1000.0 / fps, loop=0)
+    if suffix == ".gif":
+        _write_gif(pixels, path, 1000.0 / fps)
     else:
+        import imageio.v2 as imageio  # imported lazily: an optional dependency
+
         if pixels.shape[1] % 2 or pixels.shape[2] % 2:
             raise ValueError(f"MP4 needs even frame sides, got {pixels.shape[1]}x{pixels.shape[2]}; use an even scale")
         rgb = np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels
         imageio.mimwrite(path, rgb, format="FFMPEG", fps=fps, codec="libx264", macro_block_size=1,
                          pixelformat="yuv420p")
     return path
+
+
+def _write_gif(pixels: np.ndarray, path: Path, duration_ms: float) -> None:
+    """Looping GIF of uint8 ``[n, H, W, C]`` frames, one shared palette, every frame kept."""
+    from PIL import GifImagePlugin, Image
+
+    n, h, w, c = pixels.shape
+    strip = Image.fromarray(pixels.reshape(n * h, w, c)[..., 0] if c == 1 else pixels.reshape(n * h, w, c))
+    strip = strip.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    frames = [strip.crop((0, i * h, w, (i + 1) * h)) for i in range(n)]
+    header, _ = GifImagePlugin.getheader(frames[0], info={"loop": 0, "optimize": False})
+    with open(path, "wb") as f:
+        f.writelines(header)
+        for frame in frames:  # GIF delays are in centiseconds
+            f.writelines(GifImagePlugin.getdata(frame, duration=10 * round(duration_ms / 10)))
+        f.write(b";")  # trailer
 
 
 def load_video(path: str | Path, *, value_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor:

@@ -51,7 +51,7 @@ _LOG_RATE_MIN, _LOG_RATE_MAX = -1000.0, 30.0
 # ---- context -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: comparing tensors field by field is ambiguous
 class Context:
     """Clean frames given for one video, in order, with their ``insertable`` flags.
 
@@ -111,7 +111,7 @@ class Context:
 # ---- outputs -------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class SampleHistory:
     """Per step: the global time reached (``t_g [S]``) and the video lengths after the step (``lengths [S, B]``)."""
 
@@ -119,7 +119,7 @@ class SampleHistory:
     lengths: Tensor
 
 
-@dataclass
+@dataclass(eq=False)
 class SampleOutput:
     """The result of :func:`sample`.
 
@@ -152,7 +152,7 @@ class SampleOutput:
         return [v.shape[0] for v in self.videos]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SamplerState:
     """What ``callback(step, state)`` sees after each step.
 

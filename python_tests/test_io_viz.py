@@ -44,6 +44,17 @@ def test_gif_round_trip(tmp_path, channels):
     assert iio.immeta(path)["duration"] == 250
 
 
+def test_gif_keeps_identical_frames_and_quantises_many_colours(tmp_path):
+    still = torch.zeros(5, 3, 4, 4)
+    still[2] = 0.5  # frames 0, 1 and 3, 4 are identical pairs
+    back = load_video(save_video(still, tmp_path / "still.gif", scale=1))
+    assert back.shape == (5, 3, 4, 4)
+    torch.testing.assert_close(back, still, rtol=0, atol=1 / 127.5)
+    smooth = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1  # ~1000 colours
+    back = load_video(save_video(smooth, tmp_path / "smooth.gif", scale=1))
+    assert back.shape == smooth.shape and (back - smooth).abs().mean() < 0.1
+
+
 def test_gif_from_a_list_with_automatic_upscaling(tmp_path):
     frames = distinct_frames(3, 1, size=2)
     back = load_video(save_video(list(frames), tmp_path / "sub" / "tiny.gif"))
