@@ -48,8 +48,9 @@ def value_rate() -> Stub:
 class Oracle(nn.Module):
     """Exact insertion rates for a hidden target length ``n``: the model tracks a hidden final
     position for every present frame (new frames, recognised by ``t == 0``, take random missing
-    positions of their slot's gap; surplus Poisson frames get no position) and returns as each
-    slot's rate the number of positions still missing between it and the next present frame."""
+    positions of their slot's gap; surplus Poisson frames get fractional positions, which fill
+    nothing) and returns as each slot's log-rate the log of the number of integer positions still
+    missing between it and the next present frame (-inf for none)."""
 
     def __init__(self, n: int, seed: int = 0):
         super().__init__()
