@@ -1,0 +1,684 @@
+"""The Flowception sampler (SPEC §6): coupled denoising and frame insertion on packed, growing batches.
+
+Every step evaluates the model on the packed batch, moves each flowing frame along its flow
+(Euler in the solver coordinate ``u``, ``t = u^γ``) and, while the global time ``t_g < 1``,
+inserts fresh noise frames in the insertable slots (Bernoulli or Poisson draws at rate
+``h ρ(t_g) λ``). Insertions go through :meth:`PackedVideos.insert` (the ``ragged_insert`` op):
+the batch grows in place of a fixed-size buffer, and nothing is ever padded.
+
+Model interface: ``model(videos: PackedVideos, labels=None) -> (velocity [N, C, H, W], log_rate [N])``.
+With guidance (a scale != 1) the unconditional prediction is
+``model(videos.drop_context(), labels=None)``: context frames become ordinary clean frames (see
+:meth:`PackedVideos.drop_context`) and the labels are replaced by ``None`` (the model's null label).
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .io import _as_frames
+from .packing import PackedVideos
+from .schedules import KappaScheduler, kappa_from_name
+
+__all__ = [
+    "Context",
+    "SampleHistory",
+    "SampleOutput",
+    "SamplerState",
+    "guided_prediction",
+    "sample",
+    "INSERTION_MODES",
+    "ORDERS",
+]
+
+INSERTION_MODES = ("bernoulli", "poisson")
+ORDERS = ("learned", "random", "hierarchical", "left_to_right")
+
+# Log-rates are clamped before exponentiation: exp(-1000) is exactly 0 in every float type (a
+# "never insert" model), and e^30 frames per slot already exceeds any video while keeping
+# Poisson draws finite.
+_LOG_RATE_MIN, _LOG_RATE_MAX = -1000.0, 30.0
+
+
+# ---- context -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: comparing tensors field by field is ambiguous
+class Context:
+    """Clean frames given for one video, in order, with their ``insertable`` flags.
+
+    ``insertable[i]`` allows new frames in the slot right of frame ``i``. SPEC §3.1's rule: a given
+    frame is insertable iff frames may be missing between it and the next given frame (or after it,
+    for the last one). The constructor takes any flags; the helpers build the common tasks.
+
+    Args:
+        frames: ``[n, C, H, W]`` tensor or a sequence of ``[C, H, W]`` tensors (n >= 1).
+        insertable: bool ``[n]`` tensor or a sequence of bools.
+    """
+
+    frames: Tensor
+    insertable: Tensor
+
+    def __post_init__(self) -> None:
+        frames = _as_frames(self.frames, "context frames", 1)
+        if not frames.is_floating_point():
+            raise TypeError(f"context frames must be floating, got {frames.dtype}")
+        insertable = torch.as_tensor(self.insertable, device=frames.device)
+        if insertable.dtype != torch.bool or insertable.shape != (frames.shape[0],):
+            raise ValueError(f"insertable must be {frames.shape[0]} bools (one per context frame), "
+                             f"got {insertable.dtype} of shape {tuple(insertable.shape)}")
+        object.__setattr__(self, "frames", frames)
+        object.__setattr__(self, "insertable", insertable)
+
+    @classmethod
+    def image_to_video(cls, image: Tensor) -> "Context":
+        """Image-to-video: the image (``[C, H, W]`` or ``[1, C, H, W]``) is the first frame; frames follow it."""
+        frames = image[None] if isinstance(image, Tensor) and image.dim() == 3 else image
+        if not isinstance(frames, Tensor) or frames.dim() != 4 or frames.shape[0] != 1:
+            raise ValueError(f"image must be [C, H, W] or [1, C, H, W], got {_describe(image)}")
+        return cls(frames, torch.ones(1, dtype=torch.bool))
+
+    @classmethod
+    def interpolate(cls, keyframes: Tensor | Sequence[Tensor]) -> "Context":
+        """Interpolation between keyframes (``[k, C, H, W]``, k >= 2): frames may be inserted between
+        consecutive keyframes; the last keyframe is passive (it ends the video)."""
+        frames = _as_frames(keyframes, "keyframes", 2)
+        return cls(frames, torch.arange(frames.shape[0]) < frames.shape[0] - 1)
+
+    @classmethod
+    def extend(cls, video: Tensor | Sequence[Tensor]) -> "Context":
+        """Video extension: the given frames (``[n, C, H, W]``) stay as they are (all passive) and new
+        frames are generated after the last one."""
+        frames = _as_frames(video, "video", 1)
+        return cls(frames, torch.arange(frames.shape[0]) == frames.shape[0] - 1)
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        return tuple(self.frames.shape[1:])  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return self.frames.shape[0]
+
+
+# ---- outputs -------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class SampleHistory:
+    """Per step: the global time reached (``t_g [S]``) and the video lengths after the step (``lengths [S, B]``)."""
+
+    t_g: Tensor
+    lengths: Tensor
+
+
+@dataclass(eq=False)
+class SampleOutput:
+    """The result of :func:`sample`.
+
+    Attributes:
+        videos: per video, its frames ``[n_i, C, H, W]``.
+        insert_step: per video, int64 ``[n_i]``: the step (0-based) during which each frame was
+            inserted; ``-1`` for the frames present from the start (context and starting frames).
+        insert_time: per video, float64 ``[n_i]``: the global time ``t_g`` of that step (``step · h``);
+            0 for the frames present from the start.
+        is_context: per video, bool ``[n_i]``: the frame was given as context.
+        max_frames_hit: per video, whether ``max_frames`` discarded at least one drawn insertion.
+        num_model_evals: forward passes of the model (2 per step with guidance).
+        num_steps: sampler steps taken.
+        completed: False if the callback stopped the sampler early (frames may then be noisy).
+        history: with ``return_history=True``, the global time and the lengths after every step.
+    """
+
+    videos: list[Tensor]
+    insert_step: list[Tensor]
+    insert_time: list[Tensor]
+    is_context: list[Tensor]
+    max_frames_hit: list[bool]
+    num_model_evals: int
+    num_steps: int
+    completed: bool
+    history: SampleHistory | None = None
+
+    @property
+    def lengths(self) -> list[int]:
+        return [v.shape[0] for v in self.videos]
+
+
+@dataclass(frozen=True, eq=False)
+class SamplerState:
+    """What ``callback(step, state)`` sees after each step.
+
+    Attributes:
+        step: index of the step just taken (0-based).
+        t_g: global time after the step.
+        videos: the packed batch (frames, local times, flags, ``cu_seqlens``).
+        finished: bool ``[N]``: final frames: clean (``t = 1``, context frames included) and with
+            nothing left to insert before them — insertions have ended (``t_g = 1``), or no frame
+            before them in their video is insertable (e.g. the passive prefix of an extension).
+            Stream a video by emitting its longest finished prefix as it grows.
+        insert_step, insert_time: per frame, as in :class:`SampleOutput` (packed).
+        max_frames_hit: bool ``[B]``.
+    """
+
+    step: int
+    t_g: float
+    videos: PackedVideos
+    finished: Tensor
+    insert_step: Tensor
+    insert_time: Tensor
+    max_frames_hit: Tensor
+
+    @property
+    def insertions_ended(self) -> bool:
+        return self.t_g >= 1.0
+
+
+# ---- guidance ------------------------------------------------------------------------------
+
+
+def guided_prediction(
+    model: nn.Module,
+    videos: PackedVideos,
+    labels: Tensor | None = None,
+    rate_guidance: float = 1.0,
+    velocity_guidance: float = 1.0,
+) -> tuple[Tensor, Tensor, int]:
+    """Velocity and log-rate with guidance, and the number of model passes (1 or 2).
+
+    With both scales at 1, a single conditional pass. Otherwise a second, unconditional pass
+    ``model(videos.drop_context(), None)``; velocities combine linearly,
+    ``v = v_u + w_v (v_c − v_u)``, and rates geometrically, ``λ = λ_c^w · λ_u^(1−w)``, i.e.
+    ``log λ = w log λ_c + (1 − w) log λ_u`` (log-rates clamped to [-1000, 30] first, so the
+    combination stays finite). Log-rates are returned in float64.
+    """
+    v_c, log_c = _predict(model, videos, labels)
+    if rate_guidance == 1 and velocity_guidance == 1:
+        return v_c, log_c, 1
+    v_u, log_u = _predict(model, videos.drop_context(), None)
+    v = v_c if velocity_guidance == 1 else v_u + velocity_guidance * (v_c - v_u)
+    log_rate = log_c if rate_guidance == 1 else rate_guidance * log_c + (1 - rate_guidance) * log_u
+    return v, log_rate.clamp(_LOG_RATE_MIN, _LOG_RATE_MAX), 2
+
+
+def _predict(model: nn.Module, videos: PackedVideos, labels: Tensor | None) -> tuple[Tensor, Tensor]:
+    out = model(videos, labels=labels)
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise TypeError(f"the model must return (velocity, log_rate), got {_describe(out)}")
+    velocity, log_rate = out
+    n = videos.num_frames
+    if not isinstance(velocity, Tensor) or velocity.shape != videos.frames.shape:
+        raise ValueError(f"the model returned a velocity of {_describe(velocity)}, expected shape {tuple(videos.frames.shape)}")
+    if not isinstance(log_rate, Tensor) or log_rate.shape != (n,):
+        raise ValueError(f"the model returned a log_rate of {_describe(log_rate)}, expected shape ({n},)")
+    if not (log_rate < math.inf).all():  # NaN or +inf; -inf (rate 0) is fine
+        raise ValueError("the model returned NaN or +inf log-rates")
+    return velocity, log_rate.double().clamp(_LOG_RATE_MIN, _LOG_RATE_MAX)
+
+
+# ---- randomness ----------------------------------------------------------------------------
+
+
+class _Randomness:
+    """One generator for the whole batch, or one per video.
+
+    With one generator per video, every draw for video ``b`` (starting noise, insertion draws, the
+    noise of its new frames, the fixed-order schedules) comes from ``generators[b]`` and its amount
+    depends only on that video's own state, so a video is the same whatever batch it is sampled in.
+    With a single generator, draws are made for the whole packed batch at once and the noise of new
+    frames comes from the ``ragged_insert`` kernel (keyed by a seed drawn from the generator).
+    """
+
+    def __init__(self, generator: torch.Generator | Sequence[torch.Generator] | None, num_videos: int):
+        self.shared: torch.Generator | None = None
+        self.per_video: list[torch.Generator] | None = None
+        if generator is None or isinstance(generator, torch.Generator):
+            self.shared = generator
+            return
+        generators = list(generator)
+        if len(generators) != num_videos or not all(isinstance(g, torch.Generator) for g in generators):
+            raise TypeError(f"generator must be a torch.Generator or a list of {num_videos} (one per video), "
+                            f"got {_describe(generator)}")
+        self.per_video = generators
+
+    def for_video(self, b: int) -> torch.Generator | None:
+        return self.shared if self.per_video is None else self.per_video[b]
+
+    def draw(self, fn: Callable[..., Tensor], lengths: list[int], *packed: Tensor) -> Tensor:
+        """``fn(n, generator, *slices)`` over the batch: once with the shared generator, or per video
+        (``packed`` tensors split by ``lengths``) with each video's generator, concatenated."""
+        if self.per_video is None:
+            return fn(sum(lengths), self.shared, *packed)
+        parts = [t.split(lengths) for t in packed]
+        return torch.cat([fn(n, g, *(p[b] for p in parts)) for b, (n, g) in enumerate(zip(lengths, self.per_video))])
+
+
+# ---- fixed insertion orders (Table 2 ablation) --------------------------------------------
+
+
+class _FixedOrder:
+    """Data-independent insertions reaching exactly ``target_length`` frames per video.
+
+    Layout: the ``M = target_length − initial length`` missing frames are split as evenly as possible
+    over the video's initial insertable slots (earlier slots get the remainder), which fixes the
+    final position of every frame. The missing positions are then revealed in an order:
+    ``random`` (a uniform permutation), ``hierarchical`` (repeatedly the middle of the longest run of
+    missing positions, leftmost on ties: coarse to fine) or ``left_to_right`` (increasing positions;
+    with one slot, always the last slot). Timing keeps the learned sampler's step budget: ``M``
+    insertion times ``κ⁻¹(U)`` are drawn, sorted and quantised to steps ``⌊t · steps⌋ < steps``;
+    the j-th earliest time reveals the j-th position of the order. A revealed frame is inserted in the
+    slot of the present frame just left of its final position.
+    """
+
+    def __init__(self, order: str, insertable: list[list[bool]], target_length: int, steps: int,
+                 kappa: KappaScheduler, rng: _Randomness):
+        self.present: list[list[int]] = []  # per video: sorted final positions of the present frames
+        self.pending: list[dict[int, list[int]]] = []  # per video: step -> final positions revealed then
+        for b, flags in enumerate(insertable):
+            missing_total = target_length - len(flags)
+            slots = [i for i, f in enumerate(flags) if f]
+            if missing_total > 0 and not slots:
+                raise ValueError(f"video {b} has no insertable frame, so it cannot grow to target_length={target_length}")
+            gaps = [0] * len(flags)
+            for k, i in enumerate(slots):
+                gaps[i] = missing_total // len(slots) + (k < missing_total % len(slots))
+            starts = [i + sum(gaps[:i]) for i in range(len(flags))]
+            missing = [p for i in slots for p in range(starts[i] + 1, starts[i] + 1 + gaps[i])]
+            g = rng.for_video(b)
+            if order == "random":
+                missing = [missing[i] for i in torch.randperm(len(missing), generator=g).tolist()]
+            elif order == "hierarchical":
+                missing = _coarse_to_fine(missing)
+            u = torch.rand(len(missing), generator=g, dtype=torch.float64)
+            when = (kappa.inverse(u) * steps).floor().clamp(max=steps - 1).long().sort().values.tolist()
+            schedule: dict[int, list[int]] = {}
+            for k, p in zip(when, missing):
+                schedule.setdefault(k, []).append(p)
+            self.present.append(starts)
+            self.pending.append(schedule)
+
+    def counts(self, step: int) -> list[int]:
+        """New frames per present frame (packed order) at ``step``; updates the present positions."""
+        counts = []
+        for present, schedule in zip(self.present, self.pending):
+            c = [0] * len(present)
+            new = schedule.pop(step, [])
+            for p in new:
+                c[bisect.bisect_left(present, p) - 1] += 1
+            for p in new:
+                bisect.insort(present, p)
+            counts.extend(c)
+        return counts
+
+
+def _coarse_to_fine(missing: list[int]) -> list[int]:
+    """Order sorted positions by repeatedly taking the middle of the longest run of consecutive ones."""
+    runs: list[tuple[int, int, int]] = []  # (−length, start, end) for a min-heap on (longest, leftmost)
+    for p in missing:
+        if runs and runs[-1][2] == p - 1:
+            _, start, _ = runs.pop()
+            runs.append((start - p - 1, start, p))
+        else:
+            runs.append((-1, p, p))
+    heapq.heapify(runs)
+    order = []
+    while runs:
+        _, start, end = heapq.heappop(runs)
+        mid = (start + end) // 2
+        order.append(mid)
+        for a, z in ((start, mid - 1), (mid + 1, end)):
+            if a <= z:
+                heapq.heappush(runs, (a - z - 1, a, z))
+    return order
+
+
+# ---- the sampler ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def sample(
+    model: nn.Module,
+    context: Context | Sequence[Context] | None = None,
+    *,
+    num_videos: int | None = None,
+    n_start: int = 1,
+    steps: int = 100,
+    insertion: str = "bernoulli",
+    kappa: str | dict | KappaScheduler = "linear",
+    rate_guidance: float = 1.0,
+    velocity_guidance: float = 1.0,
+    gamma: float = 1.0,
+    max_frames: int | None = 256,
+    labels: Tensor | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    order: str = "learned",
+    target_length: int | None = None,
+    frame_shape: tuple[int, int, int] | None = None,
+    progress: bool = True,
+    callback: Callable[[int, SamplerState], bool | None] | None = None,
+    return_history: bool = False,
+) -> SampleOutput:
+    """Generate videos with Flowception (SPEC §6).
+
+    Args:
+        model: ``model(videos, labels=None) -> (velocity [N, C, H, W], log_rate [N])``. Run in eval
+            mode under ``torch.no_grad`` (its training mode is restored afterwards).
+        context: one :class:`Context` (shared by all ``num_videos`` videos), one per video, or
+            ``None`` (unconditional).
+        num_videos: batch size; defaults to the number of contexts (1 without context).
+        n_start: noise frames present from the start (``t = 0``), placed right after the last
+            *insertable* context frame (after the last frame for image-to-video and extension,
+            between the last two keyframes for interpolation) or alone without context. A video
+            needs at least one frame: ``n_start = 0`` requires a context.
+        steps: ``1/h``. Insertions happen during the first ``steps`` steps (``t_g < 1``); a frame
+            needs ``steps`` steps to become clean, so a run takes between ``steps`` and
+            ``2·steps`` steps.
+        insertion: ``"bernoulli"`` (at most one frame per slot and step, probability
+            ``min(1, h ρ(t_g) λ)``) or ``"poisson"`` (``Poisson(h ρ(t_g) λ)`` frames).
+        kappa: insertion scheduler (name, dict or instance; see :mod:`flowception_ext.schedules`).
+        rate_guidance, velocity_guidance: guidance scales ``w >= 0`` (see :func:`guided_prediction`);
+            1 = no guidance (one model pass per step), otherwise two passes.
+        gamma: time reparameterisation ``t = u^γ`` of the per-frame solver coordinate ``u``
+            (``γ = 1``: plain Euler in ``t``; ``γ > 1``: smaller steps near the noise).
+        max_frames: per-video cap (``None``: no cap). Drawn insertions that would exceed it are
+            discarded from the rightmost slots, and ``max_frames_hit`` reports it.
+        labels: class labels ``[B]`` passed to the model (``None``: unconditional).
+        generator: one ``torch.Generator`` (on the sampling device) for the batch, or a list with one
+            per video. With one generator, draws are made for the packed batch at once and new
+            frames' noise comes from the ``ragged_insert`` kernel (seeded from the generator). With
+            one per video, every draw of video ``b`` (starting noise, insertion draws, fixed-order
+            schedules and the noise of its new frames, which is drawn per video and written into
+            the new rows) comes from ``generator[b]`` in amounts that depend only on that video, so
+            each video is independent of the batch it is sampled in — bit for bit if the model's
+            output for a video does not depend on the rest of the batch either.
+        order: ``"learned"`` (the model's rates) or a data-independent order for the paper's
+            Table 2 ablation — ``"random"``, ``"hierarchical"``, ``"left_to_right"`` — that ignores
+            the rates and inserts exactly ``target_length − initial length`` frames per video
+            within the same step budget (see :class:`_FixedOrder`).
+        target_length: final length for the non-learned orders (required there, rejected otherwise).
+        frame_shape: ``(C, H, W)`` when there is no context; defaults to the model's
+            ``config.in_channels`` and ``config.frame_size`` when it has them.
+        progress: show a tqdm progress bar.
+        callback: ``callback(step, state)`` after every step (see :class:`SamplerState`); return
+            True to stop early.
+        return_history: record the global time and lengths after every step.
+
+    Returns:
+        :class:`SampleOutput`.
+    """
+    contexts, num_videos = _check_context(context, num_videos)
+    _check_int("steps", steps, 1)
+    _check_int("n_start", n_start, 0)
+    if insertion not in INSERTION_MODES:
+        raise ValueError(f"insertion must be one of {INSERTION_MODES}, got {insertion!r}")
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    for name, value in (("rate_guidance", rate_guidance), ("velocity_guidance", velocity_guidance)):
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma <= 0:
+        raise ValueError(f"gamma must be a finite number > 0, got {gamma!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {_describe(callback)}")
+    kappa = kappa_from_name(kappa)
+    shape = _resolve_frame_shape(model, contexts, frame_shape)
+    device, dtype = _device_and_dtype(model, contexts)
+    if labels is not None and (not isinstance(labels, Tensor) or labels.dim() < 1 or labels.shape[0] != num_videos):
+        raise ValueError(f"labels must be a tensor with one entry per video ({num_videos}), got {_describe(labels)}")
+
+    _check_lengths(contexts, n_start, max_frames, order, target_length)
+    rng = _Randomness(generator, num_videos)
+
+    videos = _initial_batch(contexts, n_start, shape, device, dtype, rng)
+    ages = torch.where(videos.is_context, steps, 0)  # flow steps taken; u = ages / steps
+    insert_step = torch.full((videos.num_frames,), -1, dtype=torch.int64, device=device)
+    insert_time = torch.zeros(videos.num_frames, dtype=torch.float64, device=device)
+    hit = torch.zeros(num_videos, dtype=torch.bool, device=device)
+    fixed = (None if order == "learned" else
+             _FixedOrder(order, [f.tolist() for f in videos.split(videos.insertable)], target_length, steps, kappa, rng))
+
+    h = 1.0 / steps
+    step, evals, completed = 0, 0, True
+    history_t, history_len = [], []
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=2 * steps, disable=not progress, desc="flowception", leave=False)
+    try:
+        while True:
+            t_g = step * h
+            inserting = step < steps
+            if not inserting and not bool((ages < steps).any()):  # context frames have ages == steps
+                break
+            v, log_rate, passes = guided_prediction(model, videos, labels, rate_guidance, velocity_guidance)
+            evals += passes
+
+            videos, ages = _flow_step(videos, ages, v, steps, gamma)
+
+            if inserting:
+                lengths = videos.lengths.tolist()
+                if fixed is None:
+                    scale = h * float(kappa.hazard(t_g))
+                    if not math.isfinite(scale):
+                        raise ValueError(f"the hazard of kappa={kappa.to_dict()} is infinite at t_g={t_g}; "
+                                         "use a scheduler with a finite hazard (e.g. polynomial with power >= 1)")
+                    mean = torch.where(videos.insertable, scale * log_rate.exp(), 0.0)
+                    counts = rng.draw(_insertion_draw(insertion), lengths, mean)
+                else:
+                    counts = torch.tensor(fixed.counts(step), dtype=torch.int64, device=device)
+                counts, dropped = _cap(counts, videos, max_frames)
+                hit |= dropped
+                total_new = int(counts.sum())
+                if total_new:
+                    videos, src, new = _insert(videos, counts, total_new, rng, dtype)
+                    ages = _move(ages, src, new, 0)
+                    insert_step = _move(insert_step, src, new, step)
+                    insert_time = _move(insert_time, src, new, t_g)
+
+            step += 1
+            t_g = min(step * h, 1.0)
+            bar.update(1)
+            if return_history:
+                history_t.append(t_g)
+                history_len.append(videos.lengths)
+            if callback is not None:
+                state = SamplerState(step - 1, t_g, videos, _finished(videos, t_g), insert_step, insert_time, hit)
+                if callback(step - 1, state) is True:
+                    completed = False
+                    break
+    finally:
+        bar.close()
+        model.train(was_training)
+
+    history = None
+    if return_history:
+        history = SampleHistory(torch.tensor(history_t, dtype=torch.float64), torch.stack(history_len))
+    return SampleOutput(
+        videos=videos.to_list(),
+        insert_step=videos.split(insert_step),
+        insert_time=videos.split(insert_time),
+        is_context=videos.split(videos.is_context),
+        max_frames_hit=hit.tolist(),
+        num_model_evals=evals,
+        num_steps=step,
+        completed=completed,
+        history=history,
+    )
+
+
+def _initial_batch(contexts: list[Context | None], n_start: int, shape: tuple[int, int, int],
+                   device: torch.device, dtype: torch.dtype, rng: _Randomness) -> PackedVideos:
+    """The context frames (t = 1) with ``n_start`` noise frames (t = 0) after the last insertable one."""
+    noise = rng.draw(lambda n, g: torch.randn((n, *shape), generator=g, device=device, dtype=dtype),
+                     [n_start] * len(contexts)).split([n_start] * len(contexts))
+    frames, is_context, insertable = [], [], []
+    for c, start in zip(contexts, noise):
+        given = c.frames.to(device, dtype) if c is not None else start[:0]
+        flags = c.insertable.tolist() if c is not None else []
+        at = max((i + 1 for i, f in enumerate(flags) if f), default=0)
+        frames.append(torch.cat([given[:at], start, given[at:]]))
+        is_context.append(torch.tensor([True] * at + [False] * n_start + [True] * (len(flags) - at)))
+        insertable.append(torch.tensor(flags[:at] + [True] * n_start + flags[at:], dtype=torch.bool))
+    videos = PackedVideos.from_list(frames, is_context=is_context, insertable=insertable)
+    return videos.replace(times=videos.is_context.to(videos.times.dtype))
+
+
+def _flow_step(videos: PackedVideos, ages: Tensor, velocity: Tensor, steps: int,
+               gamma: float) -> tuple[PackedVideos, Tensor]:
+    """One Euler step in the solver coordinate ``u = ages / steps`` (``t = u^γ``) for the flowing frames."""
+    active = ages < steps  # context frames have ages == steps
+    t_old = (ages.double() / steps) ** gamma
+    ages = ages + active.long()
+    t_new = (ages.double() / steps) ** gamma
+    dt = (t_new - t_old).to(videos.frames.dtype).view(-1, 1, 1, 1)
+    frames = torch.where(active.view(-1, 1, 1, 1), videos.frames + dt * velocity.to(videos.frames.dtype), videos.frames)
+    times = torch.where(videos.is_context, 1.0, t_new).to(videos.times.dtype)
+    return videos.replace(frames=frames, times=times), ages
+
+
+def _finished(videos: PackedVideos, t_g: float) -> Tensor:
+    """Clean frames that no insertion can precede any more (see :class:`SamplerState`)."""
+    clean = videos.times == 1
+    if t_g >= 1.0:
+        return clean
+    slots = videos.insertable.long().cumsum(0)
+    first = torch.cat([slots.new_zeros(1), slots])[videos.cu_seqlens[:-1]]  # insertable frames before each video
+    before = slots - videos.insertable.long() - first[videos.video_index]  # insertable frames before each frame
+    return clean & (before == 0)
+
+
+def _insertion_draw(insertion: str) -> Callable[..., Tensor]:
+    """``draw(n, generator, mean) -> counts`` for the insertion mode (one draw per slot)."""
+    if insertion == "bernoulli":
+        # rand < p never fires for p = 0 (rand can return exactly 0)
+        return lambda n, g, mean: (torch.rand(n, generator=g, dtype=torch.float64, device=mean.device)
+                                   < mean.clamp(max=1.0)).long()
+    return lambda n, g, mean: torch.poisson(mean, generator=g).long()
+
+
+def _cap(counts: Tensor, videos: PackedVideos, max_frames: int | None) -> tuple[Tensor, Tensor]:
+    """Clip insertions so no video exceeds ``max_frames``, keeping the leftmost; returns (counts, dropped [B])."""
+    if max_frames is None:
+        return counts, torch.zeros(videos.num_videos, dtype=torch.bool, device=counts.device)
+    vid = videos.video_index
+    csum = counts.cumsum(0)
+    base = torch.cat([csum.new_zeros(1), csum])[videos.cu_seqlens[:-1]]  # new frames before each video
+    before = csum - counts - base[vid]  # new frames left of each slot, within its video
+    budget = (max_frames - videos.lengths)[vid]
+    kept = torch.minimum(counts, (budget - before).clamp(min=0))
+    dropped = torch.zeros(videos.num_videos, dtype=torch.int64, device=counts.device).index_add_(0, vid, counts - kept)
+    return kept, dropped > 0
+
+
+def _insert(videos: PackedVideos, counts: Tensor, total_new: int, rng: _Randomness,
+            dtype: torch.dtype) -> tuple[PackedVideos, Tensor, Tensor]:
+    """Insert the new noise frames; with per-video generators their noise comes from each video's generator."""
+    if rng.per_video is None:
+        return videos.insert(counts, total_new, generator=rng.shared)
+    per_video = torch.zeros(videos.num_videos, dtype=torch.int64, device=counts.device)
+    per_video.index_add_(0, videos.video_index, counts)
+    videos, src, new = videos.insert(counts, total_new, seed=0)  # kernel noise replaced below
+    shape = videos.frame_shape
+    noise = rng.draw(lambda n, g: torch.randn((n, *shape), generator=g, device=new.device, dtype=dtype),
+                     per_video.tolist())
+    videos.frames.index_copy_(0, new, noise)
+    return videos, src, new
+
+
+def _move(values: Tensor, src: Tensor, new: Tensor, fill: float | int) -> Tensor:
+    """A per-frame vector after an insertion: old entries at ``src``, ``fill`` at the new rows."""
+    out = values.new_full((src.numel() + new.numel(),), fill)
+    return out.index_copy_(0, src, values)
+
+
+# ---- argument checks -----------------------------------------------------------------------
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {_describe(value)}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _check_lengths(contexts: list[Context | None], n_start: int, max_frames: int | None, order: str,
+                   target_length: int | None) -> None:
+    """Every video has a frame to grow from and room under ``max_frames``; ``target_length`` fits the order."""
+    ctx_flags = [c.insertable.tolist() if c is not None else [] for c in contexts]
+    for b, flags in enumerate(ctx_flags):
+        if n_start > 0 and flags and not any(flags):
+            raise ValueError(f"context of video {b} has no insertable frame: there is no slot for the n_start starting frames")
+        if n_start == 0 and not flags:
+            raise ValueError("n_start must be >= 1 without context (a video needs a frame to grow from)")
+    initial_lengths = [len(f) + n_start for f in ctx_flags]
+    if max_frames is not None:
+        _check_int("max_frames", max_frames, 1)
+        if max_frames < max(initial_lengths):
+            raise ValueError(f"max_frames ({max_frames}) is below the initial length of a video "
+                             f"(context + n_start = {max(initial_lengths)})")
+    if order == "learned":
+        if target_length is not None:
+            raise ValueError("target_length only applies to the non-learned orders (order='learned' uses the model's rates)")
+    else:
+        if target_length is None:
+            raise ValueError(f"order={order!r} needs target_length")
+        _check_int("target_length", target_length, max(initial_lengths))
+        if max_frames is not None and target_length > max_frames:
+            raise ValueError(f"target_length ({target_length}) exceeds max_frames ({max_frames})")
+
+
+def _check_context(context, num_videos: int | None) -> tuple[list[Context | None], int]:
+    if num_videos is not None:
+        _check_int("num_videos", num_videos, 1)
+    if context is None or isinstance(context, Context):
+        n = 1 if num_videos is None else num_videos
+        return [context] * n, n
+    contexts = list(context)
+    if not contexts or not all(isinstance(c, Context) for c in contexts):
+        raise TypeError(f"context must be a Context, a non-empty list of Context (one per video) or None, got {_describe(context)}")
+    if num_videos is not None and num_videos != len(contexts):
+        raise ValueError(f"num_videos ({num_videos}) does not match the number of contexts ({len(contexts)})")
+    return contexts, len(contexts)
+
+
+def _resolve_frame_shape(model: nn.Module, contexts: list[Context | None], frame_shape) -> tuple[int, int, int]:
+    """The frame shape: ``frame_shape``, else the model's config (``in_channels``, ``frame_size``),
+    else the context's; every context frame must have it."""
+    if frame_shape is not None:
+        shape = tuple(int(s) for s in frame_shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"frame_shape must be (C, H, W) with positive entries, got {frame_shape!r}")
+    else:
+        config = getattr(model, "config", None)
+        channels, size = getattr(config, "in_channels", None), getattr(config, "frame_size", None)
+        if channels is not None and size is not None:
+            size = (size, size) if isinstance(size, int) else tuple(size)
+            shape = (int(channels), *size)
+        elif contexts[0] is not None:
+            shape = contexts[0].frame_shape
+        else:
+            raise ValueError("frame_shape=(C, H, W) is needed without context (the model has no config.in_channels/frame_size)")
+    for b, c in enumerate(contexts):
+        if c is not None and c.frame_shape != shape:
+            raise ValueError(f"context frames of video {b} have shape {c.frame_shape}, expected {shape}")
+    return shape  # type: ignore[return-value]
+
+
+def _device_and_dtype(model: nn.Module, contexts: list[Context | None]) -> tuple[torch.device, torch.dtype]:
+    """The context's device and dtype, else the model's (first parameter; float32 for non-float ones)."""
+    if contexts[0] is not None:
+        return contexts[0].frames.device, contexts[0].frames.dtype
+    param = next(model.parameters(), None)
+    if param is None:
+        return torch.device("cpu"), torch.float32
+    return param.device, param.dtype if param.is_floating_point() else torch.float32
+
+
+def _describe(x) -> str:
+    return f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__

@@ -1,0 +1,120 @@
+"""Figures of sampled videos: insertion order (as in the paper's Figures 5–6) and length histograms.
+
+Figures are drawn on matplotlib's Agg canvas directly (no pyplot, no global backend change), so
+they work headless and leave the caller's matplotlib state alone.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from torch import Tensor
+
+from .io import to_uint8
+from .sampling import SampleOutput
+
+__all__ = ["plot_insertion_order", "plot_length_histogram"]
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_insertion_order(output: SampleOutput, path: str | Path, video: int = 0, *,
+                         value_range: tuple[float, float] = (-1.0, 1.0), columns: int = 12,
+                         cmap: str = "viridis") -> Path:
+    """Draw one sampled video's frames in their final order, each framed in the colour of its
+    insertion time ``t_g`` (and labelled with it); context frames get a dashed black frame and
+    the label ``ctx``, starting frames ``start``. Frames wrap after ``columns`` per row.
+
+    Args:
+        output: the :class:`~flowception_ext.sampling.SampleOutput` of :func:`~flowception_ext.sampling.sample`.
+        path: the image to write (format from the suffix, e.g. ``.png``).
+        video: which video of the batch.
+        value_range: pixel values mapped to black and white (frames must have 1 or 3 channels).
+        columns: frames per row.
+        cmap: matplotlib colour map of the insertion times.
+    """
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    if not isinstance(output, SampleOutput):
+        raise TypeError(f"output must be a SampleOutput, got {type(output).__name__}")
+    if not 0 <= video < len(output.videos):
+        raise ValueError(f"video must be in [0, {len(output.videos)}), got {video}")
+    if not isinstance(columns, int) or columns < 1:
+        raise ValueError(f"columns must be an int >= 1, got {columns!r}")
+    pixels = to_uint8(output.videos[video], value_range)
+    times = output.insert_time[video].tolist()
+    steps = output.insert_step[video].tolist()
+    context = output.is_context[video].tolist()
+    n = len(times)
+    cols = min(n, columns)
+    rows = math.ceil(n / cols)
+    colours, norm = colormaps[cmap], Normalize(0.0, 1.0)
+
+    fig = _figure(1.3 * cols + 1.2, 1.5 * rows + 0.4)
+    grid = fig.add_gridspec(rows, cols + 1, width_ratios=[1] * cols + [0.15], wspace=0.15, hspace=0.35)
+    for i in range(n):
+        ax = fig.add_subplot(grid[i // cols, i % cols])
+        image = pixels[i]
+        ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255,
+                  interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if context[i]:
+            colour, style, label = "black", "--", "ctx"
+        else:
+            colour, style = colours(norm(times[i])), "-"
+            label = "start" if steps[i] < 0 else f"{times[i]:.2f}"
+        for spine in ax.spines.values():
+            spine.set(edgecolor=colour, linestyle=style, linewidth=3)
+        ax.set_title(label, fontsize=8)
+    bar = fig.add_subplot(grid[:, cols])
+    fig.colorbar(ScalarMappable(norm=norm, cmap=colours), cax=bar, label="insertion time $t_g$")
+    return _save(fig, path)
+
+
+def plot_length_histogram(lengths: Sequence[int] | Tensor, path: str | Path,
+                          reference: Sequence[int] | Tensor | None = None, *, title: str | None = None) -> Path:
+    """Histogram of video lengths (one bar per length, as fractions), optionally beside a reference
+    distribution (e.g. the training data's lengths), with both means in the legend."""
+    samples = _as_lengths(lengths, "lengths")
+    ref = None if reference is None else _as_lengths(reference, "reference")
+    everything = samples if ref is None else np.concatenate([samples, ref])
+    bins = np.arange(everything.min(), everything.max() + 2) - 0.5
+
+    fig = _figure(6.0, 3.5)
+    ax = fig.add_subplot()
+    ax.hist(samples, bins=bins, density=True, alpha=0.6, label=f"sampled (mean {samples.mean():.2f}, n={samples.size})")
+    if ref is not None:
+        ax.hist(ref, bins=bins, density=True, histtype="step", linewidth=2, color="black",
+                label=f"reference (mean {ref.mean():.2f}, n={ref.size})")
+    ax.set_xlabel("frames per video")
+    ax.set_ylabel("fraction of videos")
+    ax.set_title(title or "video lengths")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    return path
+
+
+def _as_lengths(values, name: str) -> np.ndarray:
+    array = np.asarray(values.cpu() if isinstance(values, Tensor) else list(values))
+    if array.ndim != 1 or array.size == 0 or not np.issubdtype(array.dtype, np.integer) or (array < 0).any():
+        raise ValueError(f"{name} must be a non-empty 1-D sequence of non-negative ints")
+    return array
