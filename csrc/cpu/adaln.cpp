@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <type_traits>
+#include <vector>
 
 #include "adaln_checks.h"
 #include "common/layernorm.h"
@@ -171,6 +172,10 @@ void backward_rows(const Args<T>& a, int64_t task, int64_t begin, int64_t end) {
   A* p_shift = kNorm ? a.part_shift + task * D : nullptr;
   A* p_scale = kNorm ? a.part_scale + task * D : nullptr;
   A* p_gate = kResidual ? a.part_gate + task * D : nullptr;
+  // The row's gradient w.r.t. x̂, kept from the first pass so that the second uses the very same
+  // rounded values (recomputing them could round differently under FMA contraction, an error
+  // that rstd amplifies: rows of one element have rstd = 1 / sqrt(eps)).
+  std::vector<A> g_hat(kNorm ? D : 0);
   for (int64_t r = begin; r < end; ++r) {
     const int64_t o = r * D;
     // kResidual: the gradient g of the residual stream at column d -> dh, dgate.
@@ -185,14 +190,15 @@ void backward_rows(const Args<T>& a, int64_t task, int64_t begin, int64_t end) {
         return (L.load(a.x + o + d) - V(mean)) * V(rstd);
       };
       const auto [sum_g, sum_gx] = sum_columns2<T>(D, [&](auto L, int64_t d) {
-        const auto g_hat = adaln_grad_xhat(L.load(a.grad_y + o + d), L.load(a.scale + fo + d));
-        return std::make_pair(g_hat, g_hat * xhat_at(L, d));
+        const auto gh = adaln_grad_xhat(L.load(a.grad_y + o + d), L.load(a.scale + fo + d));
+        L.store_acc(g_hat.data() + d, gh);
+        return std::make_pair(gh, gh * xhat_at(L, d));
       });
       const A mean_g = sum_g / D, mean_gx = sum_gx / D;  // D > 0: rows are never empty here
       for_each_column<T>(D, [&](auto L, int64_t d) {
         using V = typename decltype(L)::V;
         const V g = L.load(a.grad_y + o + d), xhat = xhat_at(L, d);
-        V g_x = layernorm_dx_elem(adaln_grad_xhat(g, L.load(a.scale + fo + d)), xhat, V(rstd), V(mean_g), V(mean_gx));
+        V g_x = layernorm_dx_elem(L.load_acc(g_hat.data() + d), xhat, V(rstd), V(mean_g), V(mean_gx));
         L.store_acc(p_shift + d, L.load_acc(p_shift + d) + g);
         L.store_acc(p_scale + d, L.load_acc(p_scale + d) + g * xhat);
         if constexpr (kResidual) {

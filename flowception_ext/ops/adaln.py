@@ -126,6 +126,7 @@ def _modulate_backward_fake(grad_y, x, scale, mean, rstd, tokens_per_frame):
 def _modulate_setup(ctx, inputs, output):
     x, _shift, scale, ctx.tokens_per_frame, _eps = inputs
     _y, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
     ctx.save_for_backward(x, scale, mean, rstd)
 
 
@@ -176,6 +177,7 @@ def _fused_backward_fake(grad_x_new, grad_y, x_new, h, gate, scale, mean, rstd, 
 def _fused_setup(ctx, inputs, output):
     _x, h, gate, _shift, scale, ctx.tokens_per_frame, _eps = inputs
     x_new, _y, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
     ctx.save_for_backward(x_new, h, gate, scale, mean, rstd)
 
 
