@@ -106,7 +106,7 @@ def test_matches_reference(case, shape, dtype, contiguous):
 
 @requires_extension
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("shape", [(3, 4, 7), (1, 1, 1), (0, 2, 5), (2, 70, 9)], ids=str)
+@pytest.mark.parametrize("shape", [(3, 4, 7), (1, 1, 1), (0, 2, 5), (2, 70, 3)], ids=str)
 def test_gradcheck_float64(case, shape):
     frames, tpf, dim = shape
     run = CASES[case][0](True)
