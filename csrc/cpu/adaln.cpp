@@ -12,10 +12,11 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <type_traits>
 #include <vector>
 
-#include "adaln_checks.h"
+#include "adaln_args.h"
 #include "common/layernorm.h"
 
 namespace flowception {
@@ -172,6 +173,9 @@ void backward_rows(const Args<T>& a, int64_t task, int64_t begin, int64_t end) {
   A* p_shift = kNorm ? a.part_shift + task * D : nullptr;
   A* p_scale = kNorm ? a.part_scale + task * D : nullptr;
   A* p_gate = kResidual ? a.part_gate + task * D : nullptr;
+  for (A* part : {p_shift, p_scale, p_gate}) {
+    if (part != nullptr) std::fill_n(part, D, A(0));
+  }
   // The row's gradient w.r.t. x̂, kept from the first pass so that the second uses the very same
   // rounded values (recomputing them could round differently under FMA contraction, an error
   // that rstd amplifies: rows of one element have rstd = 1 / sqrt(eps)).
@@ -215,8 +219,6 @@ void backward_rows(const Args<T>& a, int64_t task, int64_t begin, int64_t end) {
 
 // ---- drivers -------------------------------------------------------------------------------
 
-Tensor contiguous_or_undefined(const Tensor& t) { return t.defined() ? t.contiguous() : t; }
-
 template <typename T>
 const T* ptr(const Tensor& t) {
   return t.defined() ? t.const_data_ptr<T>() : nullptr;
@@ -227,120 +229,117 @@ T* mut_ptr(const Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
-at::ScalarType acc_type(const Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+template <typename T>
+Args<T> typed_args(const AdalnTensors& t, int64_t tokens_per_frame, double eps) {
+  using A = at::opmath_type<T>;
+  Args<T> a;
+  a.D = (t.x.defined() ? t.x : t.h).size(1);
+  a.tokens_per_frame = tokens_per_frame;
+  a.eps = static_cast<A>(eps);
+  a.x = ptr<T>(t.x);
+  a.h = ptr<T>(t.h);
+  a.gate = ptr<T>(t.gate);
+  a.shift = ptr<T>(t.shift);
+  a.scale = ptr<T>(t.scale);
+  a.res = mut_ptr<T>(t.res);
+  a.y = mut_ptr<T>(t.y);
+  a.mean = mut_ptr<A>(t.mean);
+  a.rstd = mut_ptr<A>(t.rstd);
+  a.grad_res = ptr<T>(t.grad_res);
+  a.grad_y = ptr<T>(t.grad_y);
+  a.dx = mut_ptr<T>(t.dx);
+  a.dh = mut_ptr<T>(t.dh);
+  return a;
+}
 
-struct Forward {
-  Tensor res, y, mean, rstd;
-};
+at::TensorOptions acc_options(const Tensor& x) {
+  return x.options().dtype(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+}
 
-// Forward of the three ops; unused inputs are undefined tensors.
+// Forward of the three ops: fills the outputs of `t`.
 template <bool kNorm, bool kResidual>
-Forward forward(const Tensor& x_in, const Tensor& h_in, const Tensor& gate_in, const Tensor& shift_in,
-                const Tensor& scale_in, int64_t tokens_per_frame, double eps) {
-  const Tensor x = x_in.contiguous(), h = contiguous_or_undefined(h_in), gate = contiguous_or_undefined(gate_in),
-               shift = contiguous_or_undefined(shift_in), scale = contiguous_or_undefined(scale_in);
-  const int64_t T = x.size(0), D = x.size(1);
-  Forward out;
-  if (kResidual) out.res = at::empty({T, D}, x.options());
+AdalnTensors forward(AdalnTensors t, int64_t tokens_per_frame, double eps) {
+  t.make_inputs_contiguous();
+  const int64_t T = t.x.size(0), D = t.x.size(1);
+  if (kResidual) t.res = at::empty({T, D}, t.x.options());
   if (kNorm) {
-    out.y = at::empty({T, D}, x.options());
-    out.mean = at::empty({T}, x.options().dtype(acc_type(x)));
-    out.rstd = at::empty({T}, x.options().dtype(acc_type(x)));
+    t.y = at::empty({T, D}, t.x.options());
+    t.mean = at::empty({T}, acc_options(t.x));
+    t.rstd = at::empty({T}, acc_options(t.x));
   }
-  if (T == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adaln_forward_cpu", [&] {
-    using A = at::opmath_type<scalar_t>;
-    Args<scalar_t> a;
-    a.D = D;
-    a.tokens_per_frame = tokens_per_frame;
-    a.eps = static_cast<A>(eps);
-    a.x = ptr<scalar_t>(x);
-    a.h = ptr<scalar_t>(h);
-    a.gate = ptr<scalar_t>(gate);
-    a.shift = ptr<scalar_t>(shift);
-    a.scale = ptr<scalar_t>(scale);
-    a.res = mut_ptr<scalar_t>(out.res);
-    a.y = mut_ptr<scalar_t>(out.y);
-    a.mean = mut_ptr<A>(out.mean);
-    a.rstd = mut_ptr<A>(out.rstd);
+  if (T == 0) return t;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.x.scalar_type(), "adaln_forward_cpu", [&] {
+    const Args<scalar_t> a = typed_args<scalar_t>(t, tokens_per_frame, eps);
     const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1));
     at::parallel_for(0, T, grain, [&](int64_t begin, int64_t end) { forward_rows<scalar_t, kNorm, kResidual>(a, begin, end); });
   });
-  return out;
+  return t;
 }
 
 // Rows per backward task: a frame's rows are split into blocks of this many, so that frames with
 // many tokens still give every thread work; each block owns one partial row per per-frame gradient.
 constexpr int64_t kRowsPerTask = 64;
 
-struct Backward {
-  Tensor dx, dh, dgate, dshift, dscale;
-};
-
-template <bool kNorm, bool kResidual>
-Backward backward(const Tensor& grad_res_in, const Tensor& grad_y_in, const Tensor& x_in, const Tensor& h_in,
-                  const Tensor& gate_in, const Tensor& scale_in, const Tensor& mean_in, const Tensor& rstd_in,
-                  int64_t tokens_per_frame, int64_t frames) {
-  const Tensor grad_res = contiguous_or_undefined(grad_res_in), grad_y = contiguous_or_undefined(grad_y_in),
-               x = contiguous_or_undefined(x_in), h = contiguous_or_undefined(h_in),
-               gate = contiguous_or_undefined(gate_in), scale = contiguous_or_undefined(scale_in),
-               mean = contiguous_or_undefined(mean_in), rstd = contiguous_or_undefined(rstd_in);
-  const Tensor& ref = kNorm ? x : h;  // a [T, D] input giving shape, dtype and device
-  const int64_t T = ref.size(0), D = ref.size(1);
-  const int64_t splits = (tokens_per_frame + kRowsPerTask - 1) / kRowsPerTask;
-  const int64_t tasks = frames * splits;
-  const auto acc_options = ref.options().dtype(acc_type(ref));
-  Backward out;
-  Tensor part_shift, part_scale, part_gate;
-  if (kNorm) {
-    out.dx = at::empty({T, D}, ref.options());
-    part_shift = at::zeros({tasks, D}, acc_options);
-    part_scale = at::zeros({tasks, D}, acc_options);
-  }
-  if (kResidual) {
-    out.dh = at::empty({T, D}, ref.options());
-    part_gate = at::zeros({tasks, D}, acc_options);
-  }
-  if (T > 0 && D > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ref.scalar_type(), "adaln_backward_cpu", [&] {
-      using A = at::opmath_type<scalar_t>;
-      Args<scalar_t> a;
-      a.D = D;
-      a.tokens_per_frame = tokens_per_frame;
-      a.x = ptr<scalar_t>(x);
-      a.h = ptr<scalar_t>(h);
-      a.gate = ptr<scalar_t>(gate);
-      a.scale = ptr<scalar_t>(scale);
-      a.mean = mut_ptr<A>(mean);
-      a.rstd = mut_ptr<A>(rstd);
-      a.grad_res = ptr<scalar_t>(grad_res);
-      a.grad_y = ptr<scalar_t>(grad_y);
-      a.dx = mut_ptr<scalar_t>(out.dx);
-      a.dh = mut_ptr<scalar_t>(out.dh);
-      a.part_shift = mut_ptr<A>(part_shift);
-      a.part_scale = mut_ptr<A>(part_scale);
-      a.part_gate = mut_ptr<A>(part_gate);
-      at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t task = begin; task < end; ++task) {
-          const int64_t f = task / splits, s = task % splits;
-          const int64_t first = f * tokens_per_frame + s * kRowsPerTask;
-          const int64_t last = std::min(first + kRowsPerTask, (f + 1) * tokens_per_frame);
-          backward_rows<scalar_t, kNorm, kResidual>(a, task, first, last);
-        }
-      });
+// out[f] = the sum of the partial rows part[f * splits + s], s < splits, for frames [begin, end).
+template <typename T>
+void sum_partials(const at::opmath_type<T>* part, T* out, int64_t splits, int64_t D, int64_t begin, int64_t end) {
+  for (int64_t f = begin; f < end; ++f) {
+    const auto* rows = part + f * splits * D;
+    for_each_column<T>(D, [&](auto L, int64_t d) {
+      auto sum = L.load_acc(rows + d);
+      for (int64_t s = 1; s < splits; ++s) sum = sum + L.load_acc(rows + s * D + d);
+      L.store(out + f * D + d, sum);
     });
   }
-  // Per-frame gradients: the sum of each frame's partial rows, in the dtype of the inputs.
-  const auto per_frame = [&](const Tensor& part) {
-    const Tensor sum = splits == 1 ? part : part.view({frames, splits, D}).sum(1);
-    return sum.to(ref.scalar_type());
-  };
+}
+
+// Backward of the three ops: fills the gradients of `t`. Two parallel regions (per-token work,
+// then the per-frame sums), as every region costs a thread hand-off.
+template <bool kNorm, bool kResidual>
+AdalnTensors backward(AdalnTensors t, int64_t tokens_per_frame, int64_t frames) {
+  t.make_inputs_contiguous();
+  const Tensor& ref = kNorm ? t.x : t.h;  // a [T, D] input: shape and options of the gradients
+  const int64_t T = ref.size(0), D = ref.size(1);
   if (kNorm) {
-    out.dshift = per_frame(part_shift);
-    out.dscale = per_frame(part_scale);
+    t.dx = at::empty({T, D}, ref.options());
+    t.dshift = at::empty({frames, D}, ref.options());
+    t.dscale = at::empty({frames, D}, ref.options());
   }
-  if (kResidual) out.dgate = per_frame(part_gate);
-  return out;
+  if (kResidual) {
+    t.dh = at::empty({T, D}, ref.options());
+    t.dgate = at::empty({frames, D}, ref.options());
+  }
+  if (T == 0 || D == 0) return t;
+  const int64_t splits = (tokens_per_frame + kRowsPerTask - 1) / kRowsPerTask;
+  const int64_t tasks = frames * splits;
+  // Partial per-frame sums of every task, [kinds, tasks, D]: (dshift, dscale | dgate).
+  const int64_t kinds = (kNorm ? 2 : 0) + (kResidual ? 1 : 0);
+  const Tensor part = at::empty({kinds, tasks, D}, acc_options(ref));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ref.scalar_type(), "adaln_backward_cpu", [&] {
+    using A = at::opmath_type<scalar_t>;
+    Args<scalar_t> a = typed_args<scalar_t>(t, tokens_per_frame, 0.0);
+    A* p = part.data_ptr<A>();
+    a.part_shift = kNorm ? p : nullptr;
+    a.part_scale = kNorm ? p + tasks * D : nullptr;
+    a.part_gate = kResidual ? p + (kinds - 1) * tasks * D : nullptr;
+    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t f = task / splits, s = task % splits;
+        const int64_t first = f * tokens_per_frame + s * kRowsPerTask;
+        const int64_t last = std::min(first + kRowsPerTask, (f + 1) * tokens_per_frame);
+        backward_rows<scalar_t, kNorm, kResidual>(a, task, first, last);
+      }
+    });
+    const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 20) / (kinds * splits * D));  // small: inline
+    at::parallel_for(0, frames, grain, [&](int64_t begin, int64_t end) {
+      if (kNorm) {
+        sum_partials(a.part_shift, t.dshift.data_ptr<scalar_t>(), splits, D, begin, end);
+        sum_partials(a.part_scale, t.dscale.data_ptr<scalar_t>(), splits, D, begin, end);
+      }
+      if (kResidual) sum_partials(a.part_gate, t.dgate.data_ptr<scalar_t>(), splits, D, begin, end);
+    });
+  });
+  return t;
 }
 
 // ---- the ops -------------------------------------------------------------------------------
@@ -348,29 +347,29 @@ Backward backward(const Tensor& grad_res_in, const Tensor& grad_y_in, const Tens
 std::tuple<Tensor, Tensor, Tensor> adaln_modulate_cpu(const Tensor& x, const Tensor& shift, const Tensor& scale,
                                                       int64_t tokens_per_frame, double eps) {
   check_adaln_modulate_args(x, shift, scale, tokens_per_frame);
-  auto o = forward<true, false>(x, Tensor(), Tensor(), shift, scale, tokens_per_frame, eps);
-  return {o.y, o.mean, o.rstd};
+  const auto t = forward<true, false>({.x = x, .shift = shift, .scale = scale}, tokens_per_frame, eps);
+  return {t.y, t.mean, t.rstd};
 }
 
 std::tuple<Tensor, Tensor, Tensor> adaln_modulate_backward_cpu(const Tensor& grad_y, const Tensor& x,
                                                                const Tensor& scale, const Tensor& mean,
                                                                const Tensor& rstd, int64_t tokens_per_frame) {
   const int64_t frames = check_adaln_modulate_backward_args(grad_y, x, scale, mean, rstd, tokens_per_frame);
-  auto g = backward<true, false>(Tensor(), grad_y, x, Tensor(), Tensor(), scale, mean, rstd, tokens_per_frame, frames);
-  return {g.dx, g.dshift, g.dscale};
+  const auto t = backward<true, false>({.x = x, .scale = scale, .mean = mean, .rstd = rstd, .grad_y = grad_y},
+                                       tokens_per_frame, frames);
+  return {t.dx, t.dshift, t.dscale};
 }
 
 Tensor gated_residual_cpu(const Tensor& x, const Tensor& h, const Tensor& gate, int64_t tokens_per_frame) {
   check_gated_residual_args(x, h, gate, tokens_per_frame);
-  return forward<false, true>(x, h, gate, Tensor(), Tensor(), tokens_per_frame, 0.0).res;
+  return forward<false, true>({.x = x, .h = h, .gate = gate}, tokens_per_frame, 0.0).res;
 }
 
 std::tuple<Tensor, Tensor> gated_residual_backward_cpu(const Tensor& grad_out, const Tensor& h, const Tensor& gate,
                                                        int64_t tokens_per_frame) {
   const int64_t frames = check_gated_residual_backward_args(grad_out, h, gate, tokens_per_frame);
-  auto g = backward<false, true>(grad_out, Tensor(), Tensor(), h, gate, Tensor(), Tensor(), Tensor(),
-                                 tokens_per_frame, frames);
-  return {g.dh, g.dgate};
+  const auto t = backward<false, true>({.h = h, .gate = gate, .grad_res = grad_out}, tokens_per_frame, frames);
+  return {t.dh, t.dgate};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> gated_residual_adaln_cpu(const Tensor& x, const Tensor& h,
@@ -378,8 +377,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gated_residual_adaln_cpu(const Tensor
                                                                     const Tensor& scale, int64_t tokens_per_frame,
                                                                     double eps) {
   check_gated_residual_adaln_args(x, h, gate, shift, scale, tokens_per_frame);
-  auto o = forward<true, true>(x, h, gate, shift, scale, tokens_per_frame, eps);
-  return {o.res, o.y, o.mean, o.rstd};
+  const auto t = forward<true, true>({.x = x, .h = h, .gate = gate, .shift = shift, .scale = scale},
+                                     tokens_per_frame, eps);
+  return {t.res, t.y, t.mean, t.rstd};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gated_residual_adaln_backward_cpu(
@@ -387,8 +387,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gated_residual_adaln_backward
     const Tensor& scale, const Tensor& mean, const Tensor& rstd, int64_t tokens_per_frame) {
   const int64_t frames = check_gated_residual_adaln_backward_args(grad_x_new, grad_y, x_new, h, gate, scale, mean,
                                                                   rstd, tokens_per_frame);
-  auto g = backward<true, true>(grad_x_new, grad_y, x_new, h, gate, scale, mean, rstd, tokens_per_frame, frames);
-  return {g.dx, g.dh, g.dgate, g.dshift, g.dscale};
+  const auto t = backward<true, true>({.x = x_new, .h = h, .gate = gate, .scale = scale, .mean = mean,
+                                       .rstd = rstd, .grad_res = grad_x_new, .grad_y = grad_y},
+                                      tokens_per_frame, frames);
+  return {t.dx, t.dh, t.dgate, t.dshift, t.dscale};
 }
 
 }  // namespace

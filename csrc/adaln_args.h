@@ -1,11 +1,30 @@
-// Argument checks of the per-frame AdaLN ops (csrc/cpu/adaln.cpp, csrc/cuda/adaln_glue.cpp).
-// The messages match flowception_ext.ops.reference.check_adaln_args.
+// Arguments of the per-frame AdaLN ops, shared by the CPU kernels (csrc/cpu/adaln.cpp) and the
+// CUDA glue (csrc/cuda/adaln_glue.cpp): the tensors of one call and the argument checks, whose
+// messages match flowception_ext.ops.reference.check_adaln_args.
 #pragma once
 #include <ATen/ATen.h>
+
+#include <initializer_list>
 
 #include "checks.h"
 
 namespace flowception {
+
+// The tensors of one call of a forward or backward AdaLN op; undefined where the op does not use
+// them. Token tensors are [T, D], per-frame ones [F, D], mean / rstd [T].
+struct AdalnTensors {
+  at::Tensor x, h, gate, shift, scale;  // inputs (x is the residual stream, x_new in the fused backward)
+  at::Tensor res, y, mean, rstd;        // forward outputs: x + gate * h, modulated norm, row statistics
+  at::Tensor grad_res, grad_y;          // backward inputs: gradients w.r.t. res (or x) and y
+  at::Tensor dx, dh, dgate, dshift, dscale;  // backward outputs
+
+  // Make the inputs contiguous (the kernels index rows directly).
+  void make_inputs_contiguous() {
+    for (at::Tensor* t : {&x, &h, &gate, &shift, &scale, &mean, &rstd, &grad_res, &grad_y}) {
+      if (t->defined()) *t = t->contiguous();
+    }
+  }
+};
 
 // The token tensor `x` (named `x_name`): [T, D] floating, T a multiple of tokens_per_frame.
 // Returns the number of frames F.
