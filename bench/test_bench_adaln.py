@@ -1,6 +1,7 @@
 """Per-frame AdaLN ops vs the eager reference (gather form) and torch.compile of it, on
 x = [32 frames x 256 tokens, 1152], float32 and bfloat16, 2 threads; plus a plain ``copy_`` of x
-for bandwidth. A summary of the ratios against the issue's goals is printed at the end.
+for bandwidth and ``empty_like(x).fill_`` for the cost of a fresh output. A summary of the
+ratios against the issue's goals is printed at the end.
 
     PYTHONPATH=$PWD python -m pytest bench/test_bench_adaln.py --benchmark-only
 """
@@ -95,6 +96,14 @@ def test_copy(benchmark, inputs, dtype):
     RESULTS[(dtype, "copy_", "fwd", "torch")] = benchmark.stats.stats.min
 
 
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_fresh_output(benchmark, inputs, dtype):
+    """``empty_like(x).fill_(1)``: the floor of any op returning a new tensor of x's size (page faults)."""
+    x = inputs[dtype]["x"]
+    benchmark.pedantic(lambda: torch.empty_like(x).fill_(1), rounds=ROUNDS, warmup_rounds=1)
+    RESULTS[(dtype, "fresh", "fwd", "torch")] = benchmark.stats.stats.min
+
+
 @pytest.mark.parametrize("impl", ["ours", "eager", "compiled", "ours_unfused"])
 @pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("op", list(OPS))
@@ -142,7 +151,9 @@ def _report(config) -> None:
                 if unfused:
                     parts.append(f"our unfused pair {unfused * 1e3:8.2f} ms ({unfused / ours:5.2f}x)")
                 lines.append(" | ".join(parts))
-        fwd = r("adaln_modulate", "fwd", "ours")
+        fwd, fresh = r("adaln_modulate", "fwd", "ours"), r("fresh", "fwd", "torch")
+        if fresh:
+            lines.append(f"{dtype} empty_like(x).fill_(1): {fresh * 1e3:.2f} ms")
         if copy and fwd:
             elem = DTYPES[dtype].itemsize
             copy_bw = 2 * NUM_TOKENS * DIM * elem / copy / 1e9
@@ -156,5 +167,6 @@ def _report(config) -> None:
         "fwd bandwidth >= 50% of copy_"
     )
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    for line in lines:
-        reporter.write_line(line)
+    with config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
+        for line in lines:
+            reporter.write_line(line)
