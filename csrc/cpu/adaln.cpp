@@ -16,7 +16,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "adaln_args.h"
+#include "adaln_ops.h"
 #include "common/layernorm.h"
 
 namespace flowception {
@@ -258,7 +258,7 @@ at::TensorOptions acc_options(const Tensor& x) {
 
 // Forward of the three ops: fills the outputs of `t`.
 template <bool kNorm, bool kResidual>
-AdalnTensors forward(AdalnTensors t, int64_t tokens_per_frame, double eps) {
+AdalnTensors run_forward(AdalnTensors t, int64_t tokens_per_frame, double eps) {
   t.make_inputs_contiguous();
   const int64_t T = t.x.size(0), D = t.x.size(1);
   if (kResidual) t.res = at::empty({T, D}, t.x.options());
@@ -296,7 +296,7 @@ void sum_partials(const at::opmath_type<T>* part, T* out, int64_t splits, int64_
 // Backward of the three ops: fills the gradients of `t`. Two parallel regions (per-token work,
 // then the per-frame sums), as every region costs a thread hand-off.
 template <bool kNorm, bool kResidual>
-AdalnTensors backward(AdalnTensors t, int64_t tokens_per_frame, int64_t frames) {
+AdalnTensors run_backward(AdalnTensors t, int64_t tokens_per_frame, int64_t frames) {
   t.make_inputs_contiguous();
   const Tensor& ref = kNorm ? t.x : t.h;  // a [T, D] input: shape and options of the gradients
   const int64_t T = ref.size(0), D = ref.size(1);
@@ -342,66 +342,22 @@ AdalnTensors backward(AdalnTensors t, int64_t tokens_per_frame, int64_t frames) 
   return t;
 }
 
-// ---- the ops -------------------------------------------------------------------------------
-
-std::tuple<Tensor, Tensor, Tensor> adaln_modulate_cpu(const Tensor& x, const Tensor& shift, const Tensor& scale,
-                                                      int64_t tokens_per_frame, double eps) {
-  check_adaln_modulate_args(x, shift, scale, tokens_per_frame);
-  const auto t = forward<true, false>({.x = x, .shift = shift, .scale = scale}, tokens_per_frame, eps);
-  return {t.y, t.mean, t.rstd};
-}
-
-std::tuple<Tensor, Tensor, Tensor> adaln_modulate_backward_cpu(const Tensor& grad_y, const Tensor& x,
-                                                               const Tensor& scale, const Tensor& mean,
-                                                               const Tensor& rstd, int64_t tokens_per_frame) {
-  const int64_t frames = check_adaln_modulate_backward_args(grad_y, x, scale, mean, rstd, tokens_per_frame);
-  const auto t = backward<true, false>({.x = x, .scale = scale, .mean = mean, .rstd = rstd, .grad_y = grad_y},
-                                       tokens_per_frame, frames);
-  return {t.dx, t.dshift, t.dscale};
-}
-
-Tensor gated_residual_cpu(const Tensor& x, const Tensor& h, const Tensor& gate, int64_t tokens_per_frame) {
-  check_gated_residual_args(x, h, gate, tokens_per_frame);
-  return forward<false, true>({.x = x, .h = h, .gate = gate}, tokens_per_frame, 0.0).res;
-}
-
-std::tuple<Tensor, Tensor> gated_residual_backward_cpu(const Tensor& grad_out, const Tensor& h, const Tensor& gate,
-                                                       int64_t tokens_per_frame) {
-  const int64_t frames = check_gated_residual_backward_args(grad_out, h, gate, tokens_per_frame);
-  const auto t = backward<false, true>({.h = h, .gate = gate, .grad_res = grad_out}, tokens_per_frame, frames);
-  return {t.dh, t.dgate};
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor> gated_residual_adaln_cpu(const Tensor& x, const Tensor& h,
-                                                                    const Tensor& gate, const Tensor& shift,
-                                                                    const Tensor& scale, int64_t tokens_per_frame,
-                                                                    double eps) {
-  check_gated_residual_adaln_args(x, h, gate, shift, scale, tokens_per_frame);
-  const auto t = forward<true, true>({.x = x, .h = h, .gate = gate, .shift = shift, .scale = scale},
-                                     tokens_per_frame, eps);
-  return {t.res, t.y, t.mean, t.rstd};
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gated_residual_adaln_backward_cpu(
-    const Tensor& grad_x_new, const Tensor& grad_y, const Tensor& x_new, const Tensor& h, const Tensor& gate,
-    const Tensor& scale, const Tensor& mean, const Tensor& rstd, int64_t tokens_per_frame) {
-  const int64_t frames = check_gated_residual_adaln_backward_args(grad_x_new, grad_y, x_new, h, gate, scale, mean,
-                                                                  rstd, tokens_per_frame);
-  const auto t = backward<true, true>({.x = x_new, .h = h, .gate = gate, .scale = scale, .mean = mean,
-                                       .rstd = rstd, .grad_res = grad_x_new, .grad_y = grad_y},
-                                      tokens_per_frame, frames);
-  return {t.dx, t.dh, t.dgate, t.dshift, t.dscale};
-}
+// The drivers for AdalnOps: runtime flags to kernel instantiations.
+struct Cpu {
+  static AdalnTensors forward(AdalnTensors t, int64_t tokens_per_frame, double eps, bool norm, bool residual) {
+    if (norm && residual) return run_forward<true, true>(std::move(t), tokens_per_frame, eps);
+    if (norm) return run_forward<true, false>(std::move(t), tokens_per_frame, eps);
+    return run_forward<false, true>(std::move(t), tokens_per_frame, eps);
+  }
+  static AdalnTensors backward(AdalnTensors t, int64_t tokens_per_frame, int64_t frames, bool norm, bool residual) {
+    if (norm && residual) return run_backward<true, true>(std::move(t), tokens_per_frame, frames);
+    if (norm) return run_backward<true, false>(std::move(t), tokens_per_frame, frames);
+    return run_backward<false, true>(std::move(t), tokens_per_frame, frames);
+  }
+};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(flowception, CPU, m) {
-  m.impl("adaln_modulate", &adaln_modulate_cpu);
-  m.impl("adaln_modulate_backward", &adaln_modulate_backward_cpu);
-  m.impl("gated_residual", &gated_residual_cpu);
-  m.impl("gated_residual_backward", &gated_residual_backward_cpu);
-  m.impl("gated_residual_adaln", &gated_residual_adaln_cpu);
-  m.impl("gated_residual_adaln_backward", &gated_residual_adaln_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(flowception, CPU, m) { AdalnOps<Cpu>::register_kernels(m); }
 
 }  // namespace flowception

@@ -1,11 +1,11 @@
-// CUDA glue of the per-frame AdaLN ops: the checks of the CPU kernels (adaln_checks.h), output
-// allocation, and the raw-pointer launchers of adaln.cu on the current stream.
+// CUDA glue of the per-frame AdaLN ops: the drivers behind the shared op entry points and checks
+// (csrc/adaln_ops.h): output allocation and the raw-pointer launchers of adaln.cu on the current stream.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "adaln_args.h"
+#include "adaln_ops.h"
 #include "cuda/adaln_launch.h"
 
 namespace flowception {
@@ -54,106 +54,49 @@ cuda::AdalnBuffers buffers(const AdalnTensors& t, const Tensor& ref, int64_t tok
   return b;
 }
 
-void check_launch(cudaError_t err, const char* op) {
-  TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
+void check_launch(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, "flowception AdaLN ", what, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
 }
 
-// Forward of the three ops: fills the outputs of `t`.
-AdalnTensors forward(AdalnTensors t, int64_t tokens_per_frame, double eps, bool norm, bool residual, const char* op) {
-  const c10::cuda::CUDAGuard guard(t.x.device());
-  t.make_inputs_contiguous();
-  if (residual) t.res = at::empty(t.x.sizes(), t.x.options());
-  if (norm) {
-    t.y = at::empty(t.x.sizes(), t.x.options());
-    t.mean = at::empty({t.x.size(0)}, stats_options(t.x));
-    t.rstd = at::empty({t.x.size(0)}, stats_options(t.x));
+// The drivers for AdalnOps.
+struct Cuda {
+  static AdalnTensors forward(AdalnTensors t, int64_t tokens_per_frame, double eps, bool norm, bool residual) {
+    const c10::cuda::CUDAGuard guard(t.x.device());
+    t.make_inputs_contiguous();
+    if (residual) t.res = at::empty(t.x.sizes(), t.x.options());
+    if (norm) {
+      t.y = at::empty(t.x.sizes(), t.x.options());
+      t.mean = at::empty({t.x.size(0)}, stats_options(t.x));
+      t.rstd = at::empty({t.x.size(0)}, stats_options(t.x));
+    }
+    check_launch(cuda::launch_adaln_forward(buffers(t, t.x, tokens_per_frame, eps), dtype_of(t.x), norm, residual,
+                                            c10::cuda::getCurrentCUDAStream()),
+                 "forward");
+    return t;
   }
-  check_launch(cuda::launch_adaln_forward(buffers(t, t.x, tokens_per_frame, eps), dtype_of(t.x), norm, residual,
-                                          c10::cuda::getCurrentCUDAStream()),
-               op);
-  return t;
-}
 
-// Backward of the three ops: fills the gradients of `t`.
-AdalnTensors backward(AdalnTensors t, int64_t tokens_per_frame, int64_t frames, bool norm, bool residual,
-                      const char* op) {
-  const Tensor ref = norm ? t.x : t.h;  // a [T, D] input: shape and options of the gradients
-  const c10::cuda::CUDAGuard guard(ref.device());
-  t.make_inputs_contiguous();
-  if (norm) {
-    t.dx = at::empty(ref.sizes(), ref.options());
-    t.dshift = at::empty({frames, ref.size(1)}, ref.options());
-    t.dscale = at::empty({frames, ref.size(1)}, ref.options());
+  static AdalnTensors backward(AdalnTensors t, int64_t tokens_per_frame, int64_t frames, bool norm, bool residual) {
+    const Tensor ref = norm ? t.x : t.h;  // a [T, D] input: shape and options of the gradients
+    const c10::cuda::CUDAGuard guard(ref.device());
+    t.make_inputs_contiguous();
+    if (norm) {
+      t.dx = at::empty(ref.sizes(), ref.options());
+      t.dshift = at::empty({frames, ref.size(1)}, ref.options());
+      t.dscale = at::empty({frames, ref.size(1)}, ref.options());
+    }
+    if (residual) {
+      t.dh = at::empty(ref.sizes(), ref.options());
+      t.dgate = at::empty({frames, ref.size(1)}, ref.options());
+    }
+    check_launch(cuda::launch_adaln_backward(buffers(t, ref, tokens_per_frame, 0.0), dtype_of(ref), norm, residual,
+                                             c10::cuda::getCurrentCUDAStream()),
+                 "backward");
+    return t;
   }
-  if (residual) {
-    t.dh = at::empty(ref.sizes(), ref.options());
-    t.dgate = at::empty({frames, ref.size(1)}, ref.options());
-  }
-  check_launch(cuda::launch_adaln_backward(buffers(t, ref, tokens_per_frame, 0.0), dtype_of(ref), norm, residual,
-                                           c10::cuda::getCurrentCUDAStream()),
-               op);
-  return t;
-}
-
-std::tuple<Tensor, Tensor, Tensor> adaln_modulate_cuda(const Tensor& x, const Tensor& shift, const Tensor& scale,
-                                                       int64_t tokens_per_frame, double eps) {
-  check_adaln_modulate_args(x, shift, scale, tokens_per_frame);
-  const auto t = forward({.x = x, .shift = shift, .scale = scale}, tokens_per_frame, eps, true, false, "adaln_modulate");
-  return {t.y, t.mean, t.rstd};
-}
-
-std::tuple<Tensor, Tensor, Tensor> adaln_modulate_backward_cuda(const Tensor& grad_y, const Tensor& x,
-                                                                const Tensor& scale, const Tensor& mean,
-                                                                const Tensor& rstd, int64_t tokens_per_frame) {
-  const int64_t frames = check_adaln_modulate_backward_args(grad_y, x, scale, mean, rstd, tokens_per_frame);
-  const auto t = backward({.x = x, .scale = scale, .mean = mean, .rstd = rstd, .grad_y = grad_y}, tokens_per_frame,
-                          frames, true, false, "adaln_modulate_backward");
-  return {t.dx, t.dshift, t.dscale};
-}
-
-Tensor gated_residual_cuda(const Tensor& x, const Tensor& h, const Tensor& gate, int64_t tokens_per_frame) {
-  check_gated_residual_args(x, h, gate, tokens_per_frame);
-  return forward({.x = x, .h = h, .gate = gate}, tokens_per_frame, 0.0, false, true, "gated_residual").res;
-}
-
-std::tuple<Tensor, Tensor> gated_residual_backward_cuda(const Tensor& grad_out, const Tensor& h, const Tensor& gate,
-                                                        int64_t tokens_per_frame) {
-  const int64_t frames = check_gated_residual_backward_args(grad_out, h, gate, tokens_per_frame);
-  const auto t = backward({.h = h, .gate = gate, .grad_res = grad_out}, tokens_per_frame, frames, false, true,
-                          "gated_residual_backward");
-  return {t.dh, t.dgate};
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor> gated_residual_adaln_cuda(const Tensor& x, const Tensor& h,
-                                                                     const Tensor& gate, const Tensor& shift,
-                                                                     const Tensor& scale, int64_t tokens_per_frame,
-                                                                     double eps) {
-  check_gated_residual_adaln_args(x, h, gate, shift, scale, tokens_per_frame);
-  const auto t = forward({.x = x, .h = h, .gate = gate, .shift = shift, .scale = scale}, tokens_per_frame, eps, true,
-                         true, "gated_residual_adaln");
-  return {t.res, t.y, t.mean, t.rstd};
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gated_residual_adaln_backward_cuda(
-    const Tensor& grad_x_new, const Tensor& grad_y, const Tensor& x_new, const Tensor& h, const Tensor& gate,
-    const Tensor& scale, const Tensor& mean, const Tensor& rstd, int64_t tokens_per_frame) {
-  const int64_t frames = check_gated_residual_adaln_backward_args(grad_x_new, grad_y, x_new, h, gate, scale, mean,
-                                                                  rstd, tokens_per_frame);
-  const auto t = backward({.x = x_new, .h = h, .gate = gate, .scale = scale, .mean = mean, .rstd = rstd,
-                           .grad_res = grad_x_new, .grad_y = grad_y},
-                          tokens_per_frame, frames, true, true, "gated_residual_adaln_backward");
-  return {t.dx, t.dh, t.dgate, t.dshift, t.dscale};
-}
+};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(flowception, CUDA, m) {
-  m.impl("adaln_modulate", &adaln_modulate_cuda);
-  m.impl("adaln_modulate_backward", &adaln_modulate_backward_cuda);
-  m.impl("gated_residual", &gated_residual_cuda);
-  m.impl("gated_residual_backward", &gated_residual_backward_cuda);
-  m.impl("gated_residual_adaln", &gated_residual_adaln_cuda);
-  m.impl("gated_residual_adaln_backward", &gated_residual_adaln_backward_cuda);
-}
+TORCH_LIBRARY_IMPL(flowception, CUDA, m) { AdalnOps<Cuda>::register_kernels(m); }
 
 }  // namespace flowception
