@@ -59,7 +59,8 @@ FC_HOST_DEVICE V gated_residual_elem(V x, V h, V gate) {
   return x + gate * h;
 }
 
-// Gradient w.r.t. the normalised value x̂ of one element: g * (1 + scale).
+// Gradient w.r.t. the normalised value x̂ of one element: g * (1 + scale) (the CUDA kernels use a
+// variant with the product explicitly rounded, see csrc/cuda/adaln.cu).
 template <typename V>
 FC_HOST_DEVICE V adaln_grad_xhat(V g, V scale) {
   return g * (V(1) + scale);

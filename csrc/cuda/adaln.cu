@@ -33,6 +33,12 @@ template <typename T> __device__ __forceinline__ void store(T* p, acc_t<T> v) { 
 template <> __device__ __forceinline__ void store<__half>(__half* p, float v) { *p = __float2half_rn(v); }
 template <> __device__ __forceinline__ void store<__nv_bfloat16>(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
+// adaln_grad_xhat with the product rounded before any use: nvcc could otherwise fuse it into the
+// following add in one pass over the row and not in the other, a difference that rstd amplifies
+// (rows of one element have rstd = 1 / sqrt(eps)). The CPU kernels keep the first pass's values.
+__device__ __forceinline__ float grad_xhat(float g, float scale) { return __fmul_rn(g, 1.0f + scale); }
+__device__ __forceinline__ double grad_xhat(double g, double scale) { return __dmul_rn(g, 1.0 + scale); }
+
 template <typename A>
 __device__ __forceinline__ A warp_sum(A v) {
 #pragma unroll
@@ -111,14 +117,14 @@ __global__ void backward_rows_kernel(Typed<T> a) {
     const A mean = a.mean[r], rstd = a.rstd[r];
     A sum_g = 0, sum_gx = 0;
     for (int64_t d = threadIdx.x; d < D; d += kWarp) {
-      const A g_hat = adaln_grad_xhat(load(a.grad_y + o + d), load(a.scale + fo + d));
+      const A g_hat = grad_xhat(load(a.grad_y + o + d), load(a.scale + fo + d));
       sum_g += g_hat;
       sum_gx += g_hat * (load(a.x + o + d) - mean) * rstd;
     }
     const A mean_g = warp_sum(sum_g) / D, mean_gx = warp_sum(sum_gx) / D;
     for (int64_t d = threadIdx.x; d < D; d += kWarp) {
       const A xhat = (load(a.x + o + d) - mean) * rstd;
-      A g = layernorm_dx_elem(adaln_grad_xhat(load(a.grad_y + o + d), load(a.scale + fo + d)), xhat, rstd, mean_g, mean_gx);
+      A g = layernorm_dx_elem(grad_xhat(load(a.grad_y + o + d), load(a.scale + fo + d)), xhat, rstd, mean_g, mean_gx);
       if (kResidual) {
         g += load(a.grad_res + o + d);
         store(a.dh + o + d, load(a.gate + fo + d) * g);
