@@ -200,7 +200,8 @@ def _flops_per_element(n: int):
 
 # Flops per element (multiply-adds count 2): forward norm = statistics 3 + normalise 2 + modulate 3;
 # its backward = x̂ and ĝ 4 + two row sums 4 + dx 4 + dshift 1 + dscale 2; the residual x + gate h
-# = 2, its backward = dh 1 + dgate 2.
+# = 2, its backward = dh 1 + dgate 2. The fused op is the sum (+1 in its backward: adding the
+# residual stream's gradient to the norm's dx).
 register("adaln_modulate", fake=_modulate_fake, flops=_flops_per_element(8),
          backward=_modulate_backward, setup_context=_modulate_setup)
 register("adaln_modulate_backward", fake=_modulate_backward_fake, flops=_flops_per_element(15))
