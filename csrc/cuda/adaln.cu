@@ -54,7 +54,9 @@ __device__ __forceinline__ Welford<A> warp_welford(Welford<A> w) {
                            __shfl_xor_sync(0xffffffffu, w.count, offset)};
     w = welford_merge(w, other);
   }
-  return w;
+  // The merge is not symmetric in rounding: give every lane lane 0's result (the saved one).
+  return Welford<A>{__shfl_sync(0xffffffffu, w.mean, 0), __shfl_sync(0xffffffffu, w.m2, 0),
+                    __shfl_sync(0xffffffffu, w.count, 0)};
 }
 
 // Typed view of AdalnBuffers.
