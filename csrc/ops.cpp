@@ -14,6 +14,25 @@ TORCH_LIBRARY(flowception, m) {
   m.def(
       "ragged_strip(Tensor frames, Tensor cu_seqlens, Tensor keep, int total_kept)"
       " -> (Tensor, Tensor, Tensor)");
+  // Per-frame AdaLN on tokens x [T, D], token t in frame t // tokens_per_frame:
+  // y = LayerNorm(x) * (1 + scale[frame]) + shift[frame]. Returns (y, mean [T], rstd [T]).
+  m.def("adaln_modulate(Tensor x, Tensor shift, Tensor scale, int tokens_per_frame, float eps)"
+        " -> (Tensor, Tensor, Tensor)");
+  // Backward of adaln_modulate from its saved row statistics. Returns (dx, dshift, dscale).
+  m.def("adaln_modulate_backward(Tensor grad_y, Tensor x, Tensor scale, Tensor mean, Tensor rstd,"
+        " int tokens_per_frame) -> (Tensor, Tensor, Tensor)");
+  // Gated residual x + gate[frame] * h.
+  m.def("gated_residual(Tensor x, Tensor h, Tensor gate, int tokens_per_frame) -> Tensor");
+  // Backward of gated_residual (dx is grad_out itself). Returns (dh, dgate).
+  m.def("gated_residual_backward(Tensor grad_out, Tensor h, Tensor gate, int tokens_per_frame)"
+        " -> (Tensor, Tensor)");
+  // gated_residual then adaln_modulate in one pass. Returns (x_new, y, mean, rstd).
+  m.def("gated_residual_adaln(Tensor x, Tensor h, Tensor gate, Tensor shift, Tensor scale, int tokens_per_frame,"
+        " float eps) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Backward of gated_residual_adaln. Returns (dx, dh, dgate, dshift, dscale).
+  m.def("gated_residual_adaln_backward(Tensor grad_x_new, Tensor grad_y, Tensor x_new, Tensor h, Tensor gate,"
+        " Tensor scale, Tensor mean, Tensor rstd, int tokens_per_frame)"
+        " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 namespace {

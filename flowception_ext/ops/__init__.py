@@ -6,6 +6,8 @@ extension is not available.
 """
 
 from . import reference
+from .adaln import adaln_modulate, gated_residual, gated_residual_adaln
 from .ragged import ragged_insert, ragged_insert_bytes, ragged_strip, ragged_strip_bytes
 
 __all__ = ["reference", "ragged_insert", "ragged_strip", "ragged_insert_bytes", "ragged_strip_bytes"]
+__all__ += ["adaln_modulate", "gated_residual", "gated_residual_adaln"]

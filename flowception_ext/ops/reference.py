@@ -150,3 +150,79 @@ def ragged_strip_ref(frames: Tensor, cu_seqlens: Tensor, keep: Tensor, total_kep
     per_video.index_add_(0, _video_of_frame(cu_seqlens), keep.to(torch.int64))
     out_cu = torch.cat([per_video.new_zeros(1), torch.cumsum(per_video, 0)])
     return frames[src_index].contiguous(), out_cu, src_index
+
+
+# ---- AdaLN -------------------------------------------------------------------------------
+# Per-frame adaptive LayerNorm on packed tokens x [T, D]: token t belongs to frame
+# t // tokens_per_frame, and per-frame vectors (shift, scale, gate) are [F, D] with
+# F = T / tokens_per_frame. The references gather the per-frame rows (`scale[frame]`).
+
+__all__ += ["check_adaln_args", "adaln_modulate_ref", "gated_residual_ref", "gated_residual_adaln_ref"]
+
+
+def check_adaln_args(
+    x: Tensor,
+    tokens_per_frame: int,
+    per_token: dict[str, Tensor] | None = None,
+    per_frame: dict[str, Tensor] | None = None,
+    x_name: str = "x",
+) -> int:
+    """The argument checks of the AdaLN ops, with the kernels' messages; returns the frame count F.
+
+    ``x`` (called ``x_name``) must be floating ``[T, D]`` with T a multiple of
+    ``tokens_per_frame``; ``per_token`` tensors ``[T, D]`` and ``per_frame`` tensors ``[F, D]``,
+    all on x's device with x's dtype.
+    """
+    if x.dim() != 2:
+        raise ValueError(f"{x_name} must be a 2-D tensor [T, D] of tokens, got shape {list(x.shape)}")
+    if x.dtype not in _FLOATING:
+        raise TypeError(f"{x_name} must be float32, float64, float16 or bfloat16, got {x.dtype}")
+    if tokens_per_frame < 1:
+        raise ValueError(f"tokens_per_frame must be >= 1, got {tokens_per_frame}")
+    num_tokens, dim = x.shape
+    if num_tokens % tokens_per_frame != 0:
+        raise ValueError(
+            f"{x_name} has T = {num_tokens} tokens, which is not a multiple of tokens_per_frame = {tokens_per_frame}"
+        )
+    num_frames = num_tokens // tokens_per_frame
+    for tensors, rows, meaning in (
+        (per_token or {}, num_tokens, "one per token"),
+        (per_frame or {}, num_frames, "one per frame: T / tokens_per_frame"),
+    ):
+        for name, t in tensors.items():
+            if t.device != x.device:
+                raise ValueError(f"{name} must be on the same device as {x_name} ({x.device}), got {t.device}")
+            if t.dtype != x.dtype:
+                raise TypeError(f"{name} must have the dtype of {x_name} ({x.dtype}), got {t.dtype}")
+            if t.dim() != 2 or t.shape[1] != dim:
+                raise ValueError(
+                    f"{name} must be a 2-D tensor with D = {dim} columns (as {x_name}), got shape {list(t.shape)}"
+                )
+            if t.shape[0] != rows:
+                raise ValueError(f"{name} must have {rows} rows ({meaning}), got {t.shape[0]}")
+    return num_frames
+
+
+def _frame_of_token(x: Tensor, tokens_per_frame: int) -> Tensor:
+    return torch.arange(x.shape[0], device=x.device) // tokens_per_frame
+
+
+def adaln_modulate_ref(x: Tensor, shift: Tensor, scale: Tensor, tokens_per_frame: int, eps: float = 1e-6) -> Tensor:
+    """``LayerNorm(x) * (1 + scale[frame]) + shift[frame]`` (no affine), frame = token // tokens_per_frame."""
+    check_adaln_args(x, tokens_per_frame, per_frame={"shift": shift, "scale": scale})
+    frame = _frame_of_token(x, tokens_per_frame)
+    return torch.nn.functional.layer_norm(x, x.shape[-1:], eps=eps) * (1 + scale[frame]) + shift[frame]
+
+
+def gated_residual_ref(x: Tensor, h: Tensor, gate: Tensor, tokens_per_frame: int) -> Tensor:
+    """``x + gate[frame] * h``, frame = token // tokens_per_frame."""
+    check_adaln_args(x, tokens_per_frame, per_token={"h": h}, per_frame={"gate": gate})
+    return x + gate[_frame_of_token(x, tokens_per_frame)] * h
+
+
+def gated_residual_adaln_ref(
+    x: Tensor, h: Tensor, gate: Tensor, shift: Tensor, scale: Tensor, tokens_per_frame: int, eps: float = 1e-6
+) -> tuple[Tensor, Tensor]:
+    """``x_new = gated_residual(x, h, gate)`` and ``adaln_modulate(x_new, shift, scale)``: ``(x_new, y)``."""
+    x_new = gated_residual_ref(x, h, gate, tokens_per_frame)
+    return x_new, adaln_modulate_ref(x_new, shift, scale, tokens_per_frame, eps)
