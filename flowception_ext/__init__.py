@@ -5,7 +5,15 @@ from ._extension import build_info
 from . import ops
 from .packing import PackedVideos
 from .model import FlowceptionConfig, FlowceptionDiT
+from .noising import NoisingConfig, TrainingState, make_training_state
+from .losses import flowception_loss
+from .sampling import Context, SampleOutput, sample
+from .training import TrainConfig, Trainer
 
 __version__ = "0.1.0"
 
-__all__ = ["build_info", "ops", "PackedVideos", "FlowceptionConfig", "FlowceptionDiT", "__version__"]
+__all__ = [
+    "build_info", "ops", "PackedVideos", "FlowceptionConfig", "FlowceptionDiT",
+    "NoisingConfig", "TrainingState", "make_training_state", "flowception_loss",
+    "Context", "SampleOutput", "sample", "TrainConfig", "Trainer", "__version__",
+]

@@ -170,7 +170,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model = FlowceptionDiT.from_pretrained(source, weights=weights)
     generator = torch.Generator().manual_seed(args.seed)
     contexts = _contexts(args, model, args.num_videos)
-    output = sample(model, contexts, num_videos=args.num_videos, steps=args.steps, insertion=args.insertion,
+    # Training makes the given first frame the first starting frame, so with context no extra
+    # noise frame is added at the start unless asked for.
+    n_start = args.n_start if args.n_start is not None else (1 if contexts is None else 0)
+    output = sample(model, contexts, num_videos=args.num_videos, n_start=n_start, steps=args.steps,
+                    insertion=args.insertion,
                     rate_guidance=args.rate_guidance, max_frames=args.max_frames, generator=generator,
                     progress=not args.no_progress)
     out = Path(args.out)
@@ -251,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="context frames (images, videos, .npy/.safetensors tensors); default: held-out videos of the training dataset")
     p.add_argument("--num-videos", type=int, default=8)
     p.add_argument("--steps", type=int, default=100, help="1/h: steps of the global time")
+    p.add_argument("--n-start", type=int, default=None,
+                   help="noise frames at the start (default: 1 without context, 0 with context)")
     p.add_argument("--insertion", default="bernoulli", choices=("bernoulli", "poisson"))
     p.add_argument("--rate-guidance", type=float, default=1.0)
     p.add_argument("--max-frames", type=int, default=256)
