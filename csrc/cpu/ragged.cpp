@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "checks.h"
@@ -93,6 +94,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ragged_insert_cpu(const Tensor& frame
   int64_t inserted = 0;
   for (int64_t j = 0; j < n; ++j) {
     TORCH_CHECK_VALUE(c[j] >= 0, "counts must be >= 0, but counts[", j, "] = ", c[j]);
+    // N + counts.sum() is the output size: it must fit int64 (a wrapped sum would corrupt memory).
+    TORCH_CHECK_VALUE(c[j] <= std::numeric_limits<int64_t>::max() - n - inserted,
+                      "counts too large: frames.size(0) + counts.sum() overflows int64 (counts[", j, "] = ", c[j], ")");
     sp[j] = j + inserted;
     inserted += c[j];
   }
