@@ -48,6 +48,23 @@ void philox_lanes(uint64_t seed, uint64_t row, uint64_t block0, uint32_t (&w)[4]
   }
 }
 
+// sin and cos of whole vectors: one Sleef call computes both for little more than one of them.
+inline void sincos(const at::vec::Vectorized<double>& x, at::vec::Vectorized<double>& s,
+                   at::vec::Vectorized<double>& c) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const Sleef___m512d_2 sc = Sleef_sincosd8_u10(x);
+#elif defined(CPU_CAPABILITY_AVX2)
+  const Sleef___m256d_2 sc = Sleef_sincosd4_u10(x);
+#endif
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  s = sc.x;
+  c = sc.y;
+#else
+  s = x.sin();
+  c = x.cos();
+#endif
+}
+
 // Fill one output row with the Gaussians of (seed, row), kLanes Philox blocks (4 * kLanes
 // elements) at a time: words as above, then Box-Muller on at::vec doubles. The last chunk is
 // computed whole and stored in part.
@@ -70,7 +87,9 @@ void fill_gaussian_row(scalar_t* dst, int64_t numel, uint64_t seed, uint64_t row
       const Vec r = (Vec(-2.0) * Vec::loadu(u1 + p).log()).sqrt();
       const Vec theta = Vec(kTwoPi) * Vec::loadu(u2 + p);
       // pair p gives elements 2p (r cos θ) and 2p + 1 (r sin θ)
-      const auto [lo, hi] = at::vec::interleave2(r * theta.cos(), r * theta.sin());
+      Vec cos_theta, sin_theta;
+      sincos(theta, sin_theta, cos_theta);
+      const auto [lo, hi] = at::vec::interleave2(r * cos_theta, r * sin_theta);
       lo.store(z + 2 * p);
       hi.store(z + 2 * p + Vec::size());
     }
