@@ -2,11 +2,18 @@
 plain clone() of the output bytes, on 64 videos x 32 frames x [4, 32, 32] fp32, 2 threads.
 
     PYTHONPATH=$PWD python -m pytest bench/test_bench_ragged.py --benchmark-only
+    PYTHONPATH=$PWD python bench/test_bench_ragged.py   # cross-check: all impls round-robin
+
+pytest-benchmark times each implementation in its own block of time; on a machine shared with
+other work the load changes between blocks, so the script mode times them in turn instead.
 
 Goals (issue 2): >= 3x faster than the eager reference and >= 70% of clone's bandwidth.
 """
 
 from __future__ import annotations
+
+import statistics
+import time
 
 import pytest
 import torch
@@ -28,8 +35,7 @@ def two_threads():
     torch.set_num_threads(original)
 
 
-@pytest.fixture(scope="module")
-def workloads() -> dict:
+def make_workloads() -> dict:
     """Per op: (bytes the op moves, bytes clone moves, {impl: callable}), all on the same inputs."""
     g = torch.Generator().manual_seed(0)
     n = B * L
@@ -54,6 +60,11 @@ def workloads() -> dict:
             "clone": strip_out.clone,
         }),
     }
+
+
+@pytest.fixture(scope="module")
+def workloads() -> dict:
+    return make_workloads()
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -86,3 +97,27 @@ def summary(workloads: dict) -> list[str]:
             f"clone {clone_bw / 1e9:.2f} GB/s, ours/clone bandwidth {ours_bw / clone_bw:.0%} "
             f"[{(moved / _min[op, 'ours']) / (clone_bytes / _min[op, 'clone']):.0%}]")
     return lines
+
+
+def round_robin(rounds: int = 12) -> None:
+    """Time every implementation in turn, ``rounds`` times, and print minima and medians."""
+    torch.set_num_threads(2)
+    times: dict[tuple[str, str], list[float]] = {}
+    work = make_workloads()
+    for _, _, fns in work.values():
+        for fn in fns.values():
+            fn()  # warm-up / compilation
+    for _ in range(rounds):
+        for op, (_, _, fns) in work.items():
+            for impl, fn in fns.items():
+                start = time.perf_counter()
+                fn()
+                times.setdefault((op, impl), []).append(time.perf_counter() - start)
+    for (op, impl), t in times.items():
+        _min[op, impl], _median[op, impl] = min(t), statistics.median(t)
+        print(f"{op:14s} {impl:19s} min {min(t) * 1e3:8.2f} ms  median {statistics.median(t) * 1e3:8.2f} ms")
+    print("\n".join(summary(work)))
+
+
+if __name__ == "__main__":
+    round_robin()
