@@ -457,8 +457,13 @@ def packed_batches(draw):
     return make_frames(sum(lengths), frame_shape, dtype, contiguous, seed=draw(st.integers(0, 100))), lengths
 
 
+def strided(t: torch.Tensor) -> torch.Tensor:
+    """The same values in a non-contiguous tensor."""
+    return torch.stack([t, t], -1)[..., 0]
+
+
 def break_cu(cu: torch.Tensor, defect: str) -> torch.Tensor:
-    cu = cu.clone()
+    cu = strided(cu)
     if defect == "cu starts at 1":
         cu[0] = 1
     elif defect == "cu decreasing":
@@ -488,6 +493,8 @@ def test_fuzz_insert(batch, data):
     n = frames.shape[0]
     counts = torch.tensor(data.draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)), dtype=torch.int64)
     seed = data.draw(st.integers(-(2**63), 2**63 - 1))
+    if data.draw(st.booleans()):
+        counts = strided(counts)
     defect = data.draw(st.one_of(st.none(), st.sampled_from(INSERT_DEFECTS)))
     cu, total = break_cu(cu_of(lengths), defect or ""), int(counts.sum())
     if defect == "negative count" and n:
@@ -499,8 +506,8 @@ def test_fuzz_insert(batch, data):
     elif defect == "total off by one":
         total += data.draw(st.sampled_from([-1, 1]))
     elif defect == "overflow" and n:
-        counts[:] = 2**62
-        total = int(counts.sum())  # wraps
+        counts[:] = 2**63 - 1  # N + counts.sum() > int64 max even for N = 1
+        total = int(counts.sum()) % 2**63  # the wrapped sum, made a valid int64
     elif defect == "frames int":
         frames = frames.to(torch.int32)
     elif defect == "counts on meta":
@@ -517,6 +524,8 @@ def test_fuzz_strip(batch, data):
     frames, lengths = batch
     n = frames.shape[0]
     keep = torch.tensor(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)), dtype=torch.bool)
+    if data.draw(st.booleans()):
+        keep = strided(keep)
     defect = data.draw(st.one_of(st.none(), st.sampled_from(STRIP_DEFECTS)))
     cu, total = break_cu(cu_of(lengths), defect or ""), int(keep.sum())
     if defect == "keep too long":
