@@ -29,8 +29,8 @@ inline scalar_t to_out(double z) {
 }
 
 // Philox words of kLanes consecutive blocks of one row, side by side (w[i][lane] = word i): the
-// compiler vectorises the lane loops (one 32x32->64-bit multiply instruction for 8 lanes with
-// AVX-512), several times faster than one block at a time.
+// compiler vectorises the lane loops (8 products per instruction with AVX-512), which made the
+// noise ~1.7x faster than one block at a time.
 constexpr int64_t kLanes = 16;
 
 void philox_lanes(uint64_t seed, uint64_t row, uint64_t block0, uint32_t (&w)[4][kLanes]) {
