@@ -14,27 +14,29 @@ struct Philox4 {
   uint32_t x[4];
 };
 
-FC_HOST_DEVICE void philox_mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
-  const uint64_t p = static_cast<uint64_t>(a) * static_cast<uint64_t>(b);
-  hi = static_cast<uint32_t>(p >> 32);
-  lo = static_cast<uint32_t>(p);
+// One Philox4x32 round on the counter (c0, c1, c2, c3) with round key (k0, k1).
+FC_HOST_DEVICE void philox_round(uint32_t& c0, uint32_t& c1, uint32_t& c2, uint32_t& c3, uint32_t k0, uint32_t k1) {
+  const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * c0;
+  const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * c2;
+  const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1 ^ k0, n2 = static_cast<uint32_t>(p0 >> 32) ^ c3 ^ k1;
+  c0 = n0; c1 = static_cast<uint32_t>(p1); c2 = n2; c3 = static_cast<uint32_t>(p0);
+}
+
+// The key schedule: (k0, k1) of the next round.
+FC_HOST_DEVICE void philox_bump_key(uint32_t& k0, uint32_t& k1) {
+  k0 += 0x9E3779B9u;
+  k1 += 0xBB67AE85u;
 }
 
 // Ten rounds of Philox4x32 on `ctr` with key (k0, k1).
 FC_HOST_DEVICE Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
                                      uint32_t k0, uint32_t k1) {
-  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
-  constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
 #if defined(__CUDACC__)
 #pragma unroll
 #endif
   for (int round = 0; round < 10; ++round) {
-    uint32_t hi0, lo0, hi1, lo1;
-    philox_mulhilo(kM0, c0, hi0, lo0);
-    philox_mulhilo(kM1, c2, hi1, lo1);
-    const uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
-    c0 = n0; c1 = lo1; c2 = n2; c3 = lo0;
-    k0 += kW0; k1 += kW1;
+    philox_round(c0, c1, c2, c3, k0, k1);
+    philox_bump_key(k0, k1);
   }
   return Philox4{{c0, c1, c2, c3}};
 }
@@ -50,9 +52,10 @@ FC_HOST_DEVICE Philox4 noise_words(uint64_t seed, uint64_t row, uint64_t block) 
 FC_HOST_DEVICE double uniform_open0(uint32_t w) { return (static_cast<double>(w) + 1.0) * 0x1p-32; }
 FC_HOST_DEVICE double uniform_open1(uint32_t w) { return static_cast<double>(w) * 0x1p-32; }
 
+constexpr double kTwoPi = 6.283185307179586476925286766559;
+
 // Box-Muller on the word pair (a, b): (r cos θ, r sin θ), r = sqrt(-2 ln u1), θ = 2π u2.
 FC_HOST_DEVICE void box_muller(uint32_t a, uint32_t b, double& z0, double& z1) {
-  constexpr double kTwoPi = 6.283185307179586476925286766559;
   const double r = sqrt(-2.0 * log(uniform_open0(a)));
   const double theta = kTwoPi * uniform_open1(b);
   z0 = r * cos(theta);
@@ -65,13 +68,6 @@ FC_HOST_DEVICE void gaussian_pair_at(uint64_t seed, uint64_t row, uint64_t p, do
   const Philox4 w = noise_words(seed, row, p >> 1);
   if ((p & 1) == 0) box_muller(w.x[0], w.x[1], z0, z1);
   else box_muller(w.x[2], w.x[3], z0, z1);
-}
-
-// Element `e` of row `row`: words (x0, x1) give elements 4b, 4b+1; (x2, x3) give 4b+2, 4b+3.
-FC_HOST_DEVICE double gaussian_at(uint64_t seed, uint64_t row, uint64_t e) {
-  double z0, z1;
-  gaussian_pair_at(seed, row, e >> 1, z0, z1);
-  return (e & 1) ? z1 : z0;
 }
 
 }  // namespace flowception

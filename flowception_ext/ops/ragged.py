@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ._registry import compiled_op, draw_seed, register
-from .reference import ragged_insert_ref, ragged_strip_ref
+from .reference import check_same_device, ragged_insert_ref, ragged_strip_ref
 
 __all__ = ["ragged_insert", "ragged_strip", "ragged_insert_bytes", "ragged_strip_bytes"]
 
@@ -76,7 +76,10 @@ def ragged_strip_bytes(frames_shape: torch.Size, total_kept: int, element_size: 
 # ---- fake kernels, autograd, flop formulas -------------------------------------------------
 
 
+# The fake kernels also run when one argument is on the "meta" device (Meta outranks CPU in
+# dispatch), so they repeat the kernels' device check.
 def _insert_fake(frames, cu_seqlens, counts, total_new, seed):
+    check_same_device(frames, cu_seqlens=cu_seqlens, counts=counts)
     n = frames.shape[0]
     out = frames.new_empty((n + total_new, *frames.shape[1:]))
     return out, cu_seqlens.new_empty(cu_seqlens.shape), counts.new_empty(n), counts.new_empty(total_new)
@@ -92,6 +95,7 @@ def _insert_backward(ctx, grad_out, _g_cu, _g_src, _g_new):
 
 
 def _strip_fake(frames, cu_seqlens, keep, total_kept):
+    check_same_device(frames, cu_seqlens=cu_seqlens, keep=keep)
     out = frames.new_empty((total_kept, *frames.shape[1:]))
     return out, cu_seqlens.new_empty(cu_seqlens.shape), cu_seqlens.new_empty(total_kept)
 

@@ -17,9 +17,11 @@ __all__ = [
     "ragged_insert_ref",
     "ragged_strip_ref",
     "check_ragged_args",
+    "check_same_device",
 ]
 
 _MASK32 = 0xFFFFFFFF
+_INT64_MAX = 2**63 - 1
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85
 _FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -71,6 +73,13 @@ def gaussian_rows_ref(rows: Tensor, row_numel: int, seed: int, dtype: torch.dtyp
     return z.to(dtype)
 
 
+def check_same_device(frames: Tensor, **tensors: Tensor) -> None:
+    """ValueError naming the first tensor that is not on the device of ``frames``."""
+    for name, t in tensors.items():
+        if t.device != frames.device:
+            raise ValueError(f"{name} must be on the same device as frames ({frames.device}), got {t.device}")
+
+
 def check_ragged_args(frames: Tensor, cu_seqlens: Tensor, per_frame: Tensor, per_frame_name: str, per_frame_dtype: torch.dtype) -> None:
     """The argument checks of the ragged ops, with the kernels' messages (ValueError/TypeError)."""
     if not isinstance(frames, Tensor) or frames.dim() < 1:
@@ -81,9 +90,7 @@ def check_ragged_args(frames: Tensor, cu_seqlens: Tensor, per_frame: Tensor, per
         raise TypeError(f"cu_seqlens must be int64, got {cu_seqlens.dtype}")
     if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
         raise ValueError(f"cu_seqlens must be a 1-D tensor [B+1] with at least one entry, got shape {tuple(cu_seqlens.shape)}")
-    for name, t in (("cu_seqlens", cu_seqlens), (per_frame_name, per_frame)):
-        if t.device != frames.device:
-            raise ValueError(f"{name} must be on the same device as frames ({frames.device}), got {t.device}")
+    check_same_device(frames, cu_seqlens=cu_seqlens, **{per_frame_name: per_frame})
     n = frames.shape[0]
     cu = cu_seqlens.tolist()
     if cu[0] != 0:
@@ -118,9 +125,12 @@ def ragged_insert_ref(
     if counts.numel() and int(counts.min()) < 0:
         j = int((counts < 0).nonzero()[0])
         raise ValueError(f"counts must be >= 0, but counts[{j}] = {int(counts[j])}")
-    if int(counts.sum()) != total_new:
-        raise ValueError(f"total_new ({total_new}) must equal counts.sum() ({int(counts.sum())})")
     n = frames.shape[0]
+    total = sum(counts.tolist())  # exact: a wrapped int64 sum could match a bogus total_new
+    if n + total > _INT64_MAX:
+        raise ValueError(f"counts too large: frames.size(0) + counts.sum() overflows int64 ({n} + {total})")
+    if total != total_new:
+        raise ValueError(f"total_new ({total_new}) must equal counts.sum() ({total})")
     before = torch.cumsum(counts, 0) - counts
     src_pos = torch.arange(n, device=frames.device) + before
     # the k-th new frame after frame j sits at src_pos[j] + k (k = 1..counts[j])
