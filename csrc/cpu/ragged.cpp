@@ -7,10 +7,10 @@
 
 #include <algorithm>
 #include <cstring>
-#include <limits>
 #include <vector>
 
 #include "checks.h"
+#include "ragged_plan.h"
 #include "common/philox.h"
 
 namespace flowception {
@@ -98,68 +98,21 @@ void fill_gaussian_row(scalar_t* dst, int64_t numel, uint64_t seed, uint64_t row
   }
 }
 
-at::Tensor empty_rows_like(const Tensor& frames, int64_t rows) {
-  std::vector<int64_t> shape(frames.sizes().begin(), frames.sizes().end());
-  shape[0] = rows;
-  return at::empty(shape, frames.options().memory_format(at::MemoryFormat::Contiguous));
-}
-
 // Rows per task: enough bytes that thread start-up does not dominate.
 int64_t row_grain(int64_t row_bytes) { return std::max<int64_t>(1, (64 << 10) / std::max<int64_t>(row_bytes, 1)); }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> ragged_insert_cpu(const Tensor& frames, const Tensor& cu_seqlens,
                                                              const Tensor& counts, int64_t total_new,
                                                              int64_t seed) {
-  check_frames(frames);
-  const int64_t n = frames.size(0);
-  const Tensor cu = check_cu_seqlens(cu_seqlens, n, frames);
-  TORCH_CHECK_TYPE(counts.scalar_type() == at::kLong, "counts must be int64, got ", counts.scalar_type());
-  TORCH_CHECK_VALUE(counts.dim() == 1 && counts.size(0) == n,
-                    "counts must be a 1-D tensor with one entry per frame (", n, "), got shape ", counts.sizes());
-  check_same_device(frames, counts, "frames", "counts");
-  TORCH_CHECK_VALUE(total_new >= 0, "total_new must be >= 0, got ", total_new);
-
-  const Tensor cnt = counts.contiguous();
-  const int64_t* c = cnt.data_ptr<int64_t>();
-  const int64_t nb = cu.numel() - 1;
-  const int64_t* cuv = cu.data_ptr<int64_t>();
-
-  // Output row of every source frame, and the source of every output row (-1 = new frame).
-  Tensor src_pos = at::empty({n}, cnt.options());
-  int64_t* sp = src_pos.data_ptr<int64_t>();
-  int64_t inserted = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    TORCH_CHECK_VALUE(c[j] >= 0, "counts must be >= 0, but counts[", j, "] = ", c[j]);
-    // N + counts.sum() is the output size: it must fit int64 (a wrapped sum would corrupt memory).
-    TORCH_CHECK_VALUE(c[j] <= std::numeric_limits<int64_t>::max() - n - inserted,
-                      "counts too large: frames.size(0) + counts.sum() overflows int64 (counts[", j, "] = ", c[j], ")");
-    sp[j] = j + inserted;
-    inserted += c[j];
-  }
-  TORCH_CHECK_VALUE(inserted == total_new, "total_new (", total_new, ") must equal counts.sum() (", inserted, ")");
-
-  Tensor new_pos = at::empty({total_new}, cnt.options());
-  Tensor out_cu = at::empty({nb + 1}, cnt.options());
-  std::vector<int64_t> row_src(n + total_new, -1);
-  {
-    int64_t* np = new_pos.data_ptr<int64_t>();
-    int64_t* oc = out_cu.data_ptr<int64_t>();
-    int64_t m = 0;
-    for (int64_t j = 0; j < n; ++j) {
-      row_src[sp[j]] = j;
-      for (int64_t k = 1; k <= c[j]; ++k) np[m++] = sp[j] + k;
-    }
-    oc[0] = 0;
-    for (int64_t b = 0; b < nb; ++b) {
-      const int64_t last = cuv[b + 1];  // rows of video b end before src_pos[last] (or the end)
-      oc[b + 1] = last < n ? sp[last] : n + total_new;
-    }
-  }
-
+  const InsertPlan plan = plan_insert(frames, cu_seqlens, counts, total_new);
   const Tensor x = frames.contiguous();
-  Tensor out = empty_rows_like(frames, n + total_new);
+  Tensor out = empty_rows_like(frames, x.size(0) + total_new);
   const int64_t s = row_numel(frames);
-  if (s == 0 || out.size(0) == 0) return {out, out_cu, src_pos, new_pos};
+  if (s == 0 || out.size(0) == 0) return {out, plan.out_cu_seqlens, plan.src_pos, plan.new_pos};
+  // Source of every output row (-1 = new frame), so one parallel pass fills the output.
+  std::vector<int64_t> row_src(out.size(0), -1);
+  const int64_t* sp = plan.src_pos.const_data_ptr<int64_t>();
+  for (int64_t j = 0; j < x.size(0); ++j) row_src[sp[j]] = j;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, frames.scalar_type(), "ragged_insert_cpu", [&] {
     const scalar_t* src = x.const_data_ptr<scalar_t>();
     scalar_t* dst = out.data_ptr<scalar_t>();
@@ -173,55 +126,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ragged_insert_cpu(const Tensor& frame
       }
     });
   });
-  return {out, out_cu, src_pos, new_pos};
+  return {out, plan.out_cu_seqlens, plan.src_pos, plan.new_pos};
 }
 
 std::tuple<Tensor, Tensor, Tensor> ragged_strip_cpu(const Tensor& frames, const Tensor& cu_seqlens,
                                                     const Tensor& keep, int64_t total_kept) {
-  check_frames(frames);
-  const int64_t n = frames.size(0);
-  const Tensor cu = check_cu_seqlens(cu_seqlens, n, frames);
-  TORCH_CHECK_TYPE(keep.scalar_type() == at::kBool, "keep must be bool, got ", keep.scalar_type());
-  TORCH_CHECK_VALUE(keep.dim() == 1 && keep.size(0) == n,
-                    "keep must be a 1-D tensor with one entry per frame (", n, "), got shape ", keep.sizes());
-  check_same_device(frames, keep, "frames", "keep");
-  TORCH_CHECK_VALUE(total_kept >= 0, "total_kept must be >= 0, got ", total_kept);
-
-  const Tensor kp = keep.contiguous();
-  const bool* k = kp.data_ptr<bool>();
-  const int64_t nb = cu.numel() - 1;
-  const int64_t* cuv = cu.data_ptr<int64_t>();
-  int64_t kept = 0;
-  for (int64_t j = 0; j < n; ++j) kept += k[j];
-  TORCH_CHECK_VALUE(kept == total_kept, "total_kept (", total_kept, ") must equal keep.sum() (", kept, ")");
-
-  Tensor src_index = at::empty({total_kept}, cu_seqlens.options());
-  Tensor out_cu = at::empty({nb + 1}, cu_seqlens.options());
-  {
-    int64_t* si = src_index.data_ptr<int64_t>();
-    int64_t* oc = out_cu.data_ptr<int64_t>();
-    int64_t m = 0;
-    oc[0] = 0;
-    for (int64_t b = 0; b < nb; ++b) {
-      for (int64_t j = cuv[b]; j < cuv[b + 1]; ++j) {
-        if (k[j]) si[m++] = j;
-      }
-      oc[b + 1] = m;
-    }
-  }
-
+  const StripPlan plan = plan_strip(frames, cu_seqlens, keep, total_kept);
   const Tensor x = frames.contiguous();
   Tensor out = empty_rows_like(frames, total_kept);
   const int64_t s = row_numel(frames);
-  if (s == 0 || total_kept == 0) return {out, out_cu, src_index};
+  if (s == 0 || total_kept == 0) return {out, plan.out_cu_seqlens, plan.src_index};
   const int64_t row_bytes = s * static_cast<int64_t>(x.element_size());
   const char* src = static_cast<const char*>(x.const_data_ptr());
   char* dst = static_cast<char*>(out.data_ptr());
-  const int64_t* si = src_index.const_data_ptr<int64_t>();
+  const int64_t* si = plan.src_index.const_data_ptr<int64_t>();
   at::parallel_for(0, total_kept, row_grain(row_bytes), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) std::memcpy(dst + r * row_bytes, src + si[r] * row_bytes, row_bytes);
   });
-  return {out, out_cu, src_index};
+  return {out, plan.out_cu_seqlens, plan.src_index};
 }
 
 }  // namespace

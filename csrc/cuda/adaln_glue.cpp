@@ -7,20 +7,14 @@
 
 #include "adaln_ops.h"
 #include "cuda/adaln_launch.h"
+#include "cuda/glue.h"
 
 namespace flowception {
 namespace {
 
 using at::Tensor;
-
-cuda::DType dtype_of(const Tensor& t) {
-  switch (t.scalar_type()) {  // the argument checks admit the four floating types only
-    case at::kDouble: return cuda::DType::kFloat64;
-    case at::kHalf: return cuda::DType::kFloat16;
-    case at::kBFloat16: return cuda::DType::kBFloat16;
-    default: return cuda::DType::kFloat32;
-  }
-}
+using cuda::check_launch;
+using cuda::dtype_of;
 
 const void* in_ptr(const Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
 void* out_ptr(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
@@ -54,9 +48,6 @@ cuda::AdalnBuffers buffers(const AdalnTensors& t, const Tensor& ref, int64_t tok
   return b;
 }
 
-void check_launch(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, "flowception AdaLN ", what, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
-}
 
 // The drivers for AdalnOps.
 struct Cuda {
@@ -71,7 +62,7 @@ struct Cuda {
     }
     check_launch(cuda::launch_adaln_forward(buffers(t, t.x, tokens_per_frame, eps), dtype_of(t.x), norm, residual,
                                             c10::cuda::getCurrentCUDAStream()),
-                 "forward");
+                 "AdaLN forward");
     return t;
   }
 
@@ -90,7 +81,7 @@ struct Cuda {
     }
     check_launch(cuda::launch_adaln_backward(buffers(t, ref, tokens_per_frame, 0.0), dtype_of(ref), norm, residual,
                                              c10::cuda::getCurrentCUDAStream()),
-                 "backward");
+                 "AdaLN backward");
     return t;
   }
 };

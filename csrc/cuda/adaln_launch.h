@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include "cuda/ragged_launch.h"  // DType
+#include "cuda/dtype.h"
 
 namespace flowception::cuda {
 

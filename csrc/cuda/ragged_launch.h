@@ -4,9 +4,9 @@
 
 #include <cstdint>
 
-namespace flowception::cuda {
+#include "cuda/dtype.h"
 
-enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
+namespace flowception::cuda {
 
 // Copy n_rows rows of row_bytes each: row i goes from src row (src_of_dst ? src_of_dst[i] : i)
 // to dst row (dst_of_src ? dst_of_src[i] : i).
