@@ -69,18 +69,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2)
 
 
-# ---- per-frame AdaLN and attention (thin calls into flowception_ext.ops) -----------------
-
-
-def modulate(x: Tensor, shift: Tensor, scale: Tensor, tokens_per_frame: int, eps: float) -> Tensor:
-    """LayerNorm(x) · (1 + scale[frame]) + shift[frame] on flat tokens ``x [T, D]``, ``shift, scale [F, D]``."""
-    y = F.layer_norm(x, x.shape[-1:], eps=eps).unflatten(0, (-1, tokens_per_frame))
-    return (y * (1 + scale[:, None]) + shift[:, None]).flatten(0, 1)
-
-
-def gated_residual(x: Tensor, h: Tensor, gate: Tensor, tokens_per_frame: int) -> Tensor:
-    """x + gate[frame] · h on flat tokens."""
-    return (x.unflatten(0, (-1, tokens_per_frame)) + gate[:, None] * h.unflatten(0, (-1, tokens_per_frame))).flatten(0, 1)
+# ---- attention ------------------------------------------------------------------------------
 
 
 def frame_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, tokens_per_frame: int, window: int,
@@ -177,17 +166,16 @@ class DiTBlock(nn.Module):
                 cache: LayerCache | None = None) -> Tensor:
         # x: (T, D) tokens; c: (F, D) per-frame conditioning
         p = attn["tokens_per_frame"]
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(F.silu(c)).chunk(6, dim=-1)
-        h = modulate(x, shift1, scale1, p, self.eps)
+        shift1, scale1, gate1, shift2, scale2, gate2 = (m.contiguous() for m in self.ada(F.silu(c)).chunk(6, dim=-1))
+        h = ops.adaln_modulate(x, shift1, scale1, p, self.eps)
         q, k, v = self.qkv(h).unflatten(-1, (3, self.num_heads, -1)).unbind(1)  # (T, H, d) each
         q, k = apply_rope(q, *rope).to(v.dtype), apply_rope(k, *rope).to(v.dtype)
         if cache is None:
             a = frame_attention(q, k, v, **attn).flatten(1)  # (T, D)
         else:
             a = cache.attend(q, k, v, p, attn["window"]).flatten(1)
-        x = gated_residual(x, self.proj(a), gate1, p)
-        h = modulate(x, shift2, scale2, p, self.eps)
-        return gated_residual(x, self.fc2(F.gelu(self.fc1(h), approximate="tanh")), gate2, p)
+        x, h = ops.gated_residual_adaln(x, self.proj(a), gate1, shift2, scale2, p, self.eps)
+        return ops.gated_residual(x, self.fc2(F.gelu(self.fc1(h), approximate="tanh")), gate2, p)
 
 
 class FlowceptionDiT(nn.Module):
@@ -312,8 +300,9 @@ class FlowceptionDiT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, c, rope, attn, None if cache is None else cache.layers[i])
 
-        shift, scale = self.final_ada(F.silu(c)).chunk(2, dim=-1)
-        h = modulate(x, shift, scale, cfg.tokens_per_frame, cfg.layer_norm_eps).unflatten(0, (-1, cfg.tokens_per_frame))
+        shift, scale = (m.contiguous() for m in self.final_ada(F.silu(c)).chunk(2, dim=-1))
+        h = ops.adaln_modulate(x, shift, scale, cfg.tokens_per_frame, cfg.layer_norm_eps)
+        h = h.unflatten(0, (-1, cfg.tokens_per_frame))
         v = self.final_linear(h[:, :-1])  # (N, L, C p p): patch tokens only
         velocity = rearrange(v, "n (h w) (c p q) -> n c (h p) (w q)", h=gh, w=gw, p=p, q=p)
         log_rate = None
