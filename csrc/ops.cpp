@@ -14,6 +14,17 @@ TORCH_LIBRARY(flowception, m) {
   m.def(
       "ragged_strip(Tensor frames, Tensor cu_seqlens, Tensor keep, int total_kept)"
       " -> (Tensor, Tensor, Tensor)");
+  // Attention of packed tokens [T, H, d] within each video (cu_seqlens in frames of
+  // tokens_per_frame tokens): frame f sees frames g with |f - g| <= window (-1: all), and
+  // g <= f when causal. Returns (out [T, H, d], lse [H, T] float32, float64 for float64 inputs).
+  m.def(
+      "local_frame_attention(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, int tokens_per_frame,"
+      " int window, bool causal, float scale) -> (Tensor, Tensor)");
+  // Its backward (recomputes from lse; grad_lse may be None). Returns (dq, dk, dv).
+  m.def(
+      "local_frame_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse,"
+      " Tensor? grad_lse, Tensor cu_seqlens, int tokens_per_frame, int window, bool causal, float scale)"
+      " -> (Tensor, Tensor, Tensor)");
 }
 
 namespace {

@@ -7,5 +7,7 @@ extension is not available.
 
 from . import reference
 from .ragged import ragged_insert, ragged_insert_bytes, ragged_strip, ragged_strip_bytes
+from .attention import local_frame_attention, local_frame_attention_flops
 
 __all__ = ["reference", "ragged_insert", "ragged_strip", "ragged_insert_bytes", "ragged_strip_bytes"]
+__all__ += ["local_frame_attention", "local_frame_attention_flops"]

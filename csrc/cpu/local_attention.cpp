@@ -1,0 +1,427 @@
+// CPU kernels of local_frame_attention: flash-style attention restricted to a window of frames
+// of the same video, on packed [T, H, d] tokens.
+//
+// Work unit = (tile, head), in parallel. A tile is one frame (or a few consecutive frames of
+// one video when frames are small). Because the frames a frame sees form a contiguous range
+// (common/frame_window.h), a tile's keys are one contiguous range of packed tokens, read in
+// place (row stride H*d) in chunks of up to kb tokens: two BLAS GEMMs per chunk with an online
+// softmax in between; chunks outside the window are never touched. Only tiles of several frames
+// need a per-row mask, at the chunks where their rows' ranges differ.
+// Backward (FlashAttention-2 style, probabilities recomputed from the log-sum-exp) runs two
+// passes that each own their outputs, so no atomics: dq over (query tile, head), dk/dv over
+// (key tile, head) with the transposed window. bf16/fp16 operands are converted to fp32 tile by
+// tile and every GEMM runs in fp32 (fp64 for fp64 inputs).
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "common/frame_window.h"
+#include "common/softmax.h"
+#include "local_attention_checks.h"
+
+namespace flowception {
+namespace {
+
+using at::Tensor;
+
+constexpr int64_t kTileRows = 64;          // frames smaller than this are grouped into one tile
+constexpr int64_t kScoreElems = 64 * 1024;  // score tile size: rows * kb
+
+// ---- row-major GEMMs on top of the column-major BLAS ------------------------------------
+
+}  // namespace
+}  // namespace flowception
+
+// The BLAS torch links (MKL or OpenBLAS) exports the Fortran GEMMs, but libtorch keeps its own
+// at::native::cpublas::gemm overloads that call them private. Weak, so a torch built without a
+// BLAS still loads the extension and falls back to ATen's portable GEMM kernel.
+extern "C" {
+__attribute__((weak)) void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                                  const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+                                  const float* beta, float* c, const int* ldc);
+__attribute__((weak)) void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                                  const double* alpha, const double* a, const int* lda, const double* b,
+                                  const int* ldb, const double* beta, double* c, const int* ldc);
+}
+
+namespace flowception {
+namespace {
+
+// Column-major C[m, n] = alpha * op(A) op(B) + beta * C, as BLAS (all sizes are tile-sized).
+template <typename T>
+void blas_gemm(bool trans_a, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b,
+               int64_t ldb, T beta, T* c, int64_t ldc) {
+  const char ta = trans_a ? 'T' : 'N', tb = 'N';
+  const int mi = m, ni = n, ki = k, lda_i = lda, ldb_i = ldb, ldc_i = ldc;
+  if constexpr (std::is_same_v<T, float>) {
+    if (sgemm_ != nullptr) return sgemm_(&ta, &tb, &mi, &ni, &ki, &alpha, a, &lda_i, b, &ldb_i, &beta, c, &ldc_i);
+  } else {
+    if (dgemm_ != nullptr) return dgemm_(&ta, &tb, &mi, &ni, &ki, &alpha, a, &lda_i, b, &ldb_i, &beta, c, &ldc_i);
+  }
+  // No BLAS symbols: the same product through at::mm on strided views (slower, same result).
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  const Tensor ta_ = at::from_blob(const_cast<T*>(a), {m, k}, trans_a ? at::IntArrayRef{lda, 1} : at::IntArrayRef{1, lda}, opts);
+  const Tensor tb_ = at::from_blob(const_cast<T*>(b), {k, n}, {1, ldb}, opts);
+  Tensor tc = at::from_blob(c, {m, n}, {1, ldc}, opts);
+  const Tensor prod = at::mm(ta_, tb_);
+  if (beta == T(0)) {
+    tc.copy_(prod.mul_(alpha));
+  } else {
+    tc.mul_(beta).add_(prod, alpha);
+  }
+}
+
+// Row-major C[m, n] = alpha * A[m, k] B[n, k]^T + beta * C (column-major: C^T = B A^T).
+template <typename T>
+void gemm_nt(int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b, int64_t ldb, T beta,
+             T* c, int64_t ldc) {
+  blas_gemm<T>(true, n, m, k, alpha, b, ldb, a, lda, beta, c, ldc);
+}
+
+// Row-major C[m, n] = alpha * A[m, k] B[k, n] + beta * C (column-major: C^T = B^T A^T).
+template <typename T>
+void gemm_nn(int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b, int64_t ldb, T beta,
+             T* c, int64_t ldc) {
+  blas_gemm<T>(false, n, m, k, alpha, b, ldb, a, lda, beta, c, ldc);
+}
+
+// ---- row helpers ------------------------------------------------------------------------
+
+template <typename T>
+T row_max(const T* x, int64_t n) {
+  using Vec = at::vec::Vectorized<T>;
+  return at::vec::reduce_all<T>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, x, n);
+}
+
+// x <- exp(x - shift) in place; returns the sum.
+template <typename T>
+T exp_shift_sum(T* x, int64_t n, T shift) {
+  using Vec = at::vec::Vectorized<T>;
+  Vec acc(T(0));
+  int64_t i = 0;
+  for (; i + Vec::size() <= n; i += Vec::size()) {
+    const Vec e = (Vec::loadu(x + i) - Vec(shift)).exp();
+    e.store(x + i);
+    acc += e;
+  }
+  T sum = at::vec::vec_reduce_all<T>([](Vec& a, Vec& b) { return a + b; }, acc);
+  for (; i < n; ++i) {
+    x[i] = fc_exp(x[i] - shift);
+    sum += x[i];
+  }
+  return sum;
+}
+
+// dp <- p * (dp - delta), delta per column (a vector) or per row (a scalar broadcast).
+template <typename T>
+void softmax_grad_row(const T* p, T* dp, const T* delta_cols, T delta_row, int64_t n) {
+  using Vec = at::vec::Vectorized<T>;
+  if (delta_cols != nullptr) {
+    at::vec::map3<T>([](Vec a, Vec b, Vec c) { return a * (b - c); }, dp, p, dp, delta_cols, n);
+  } else {
+    at::vec::map2<T>([delta_row](Vec a, Vec b) { return a * (b - Vec(delta_row)); }, dp, p, dp, n);
+  }
+}
+
+// Rows of one head of a [T, H, d] tensor (unit last stride) as acc_t: in place when the types
+// agree, else converted into buf (row stride d). Sets ld to the row stride of the result.
+template <typename acc_t, typename scalar_t>
+const acc_t* rows_as_acc(const scalar_t* src, int64_t src_ld, int64_t rows, int64_t d, acc_t* buf, int64_t& ld) {
+  if constexpr (std::is_same_v<acc_t, scalar_t>) {
+    ld = src_ld;
+    return src;
+  } else {
+    for (int64_t r = 0; r < rows; ++r) at::vec::convert(src + r * src_ld, buf + r * d, d);
+    ld = d;
+    return buf;
+  }
+}
+
+// dst row r = alpha * acc row r, for `rows` rows of d (dst row stride dst_ld).
+template <typename acc_t, typename scalar_t>
+void store_rows(const acc_t* acc, int64_t rows, int64_t d, acc_t alpha, scalar_t* dst, int64_t dst_ld) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < d; ++j) dst[r * dst_ld + j] = static_cast<scalar_t>(alpha * acc[r * d + j]);
+  }
+}
+
+// ---- geometry ---------------------------------------------------------------------------
+
+struct Tile {
+  int64_t f0, f1;  // frames of the tile
+  int64_t v0, v1;  // frames of its video
+};
+
+std::vector<Tile> frame_tiles(const int64_t* cu, int64_t num_videos, int64_t P) {
+  const int64_t per_tile = std::max<int64_t>(1, kTileRows / P);
+  std::vector<Tile> tiles;
+  for (int64_t b = 0; b < num_videos; ++b) {
+    for (int64_t f = cu[b]; f < cu[b + 1]; f += per_tile) tiles.push_back({f, std::min(f + per_tile, cu[b + 1]), cu[b], cu[b + 1]});
+  }
+  return tiles;
+}
+
+// Scores of the tile's rows (one per token of frames [f0, f1)) against column tokens
+// [c0, c0 + n): -inf where a row's frame does not reach the column's frame. A one-frame tile
+// (and any chunk inside every row's range) needs nothing.
+template <typename T>
+void mask_scores(T* s, int64_t n, const Tile& tile, FrameReach reach, int64_t P, int64_t c0) {
+  const int64_t common_lo = reach_lo(reach, tile.f1 - 1, tile.v0) * P, common_hi = reach_hi(reach, tile.f0, tile.v1) * P;
+  if (common_lo <= c0 && c0 + n <= common_hi) return;
+  for (int64_t f = tile.f0; f < tile.f1; ++f) {
+    const int64_t lo = std::clamp(reach_lo(reach, f, tile.v0) * P - c0, int64_t(0), n);
+    const int64_t hi = std::clamp(reach_hi(reach, f, tile.v1) * P - c0, lo, n);
+    for (int64_t r = (f - tile.f0) * P; r < (f - tile.f0 + 1) * P; ++r) {
+      std::fill(s + r * n, s + r * n + lo, -std::numeric_limits<T>::infinity());
+      std::fill(s + r * n + hi, s + (r + 1) * n, -std::numeric_limits<T>::infinity());
+    }
+  }
+}
+
+// Everything a pass needs about the problem; tensors are [T, H, d] with unit last stride.
+template <typename scalar_t>
+struct Operand {
+  const scalar_t* data;
+  int64_t ld;  // token stride
+  int64_t hs;  // head stride
+  const scalar_t* rows(int64_t token, int64_t head) const { return data + token * ld + head * hs; }
+};
+
+template <typename scalar_t>
+Operand<scalar_t> operand(const Tensor& t) {
+  return {t.const_data_ptr<scalar_t>(), t.stride(0), t.stride(1)};
+}
+
+// Columns per chunk for a tile of `rows` rows.
+int64_t chunk_cols(int64_t rows) { return std::clamp(kScoreElems / rows, int64_t(64), int64_t(1024)); }
+
+// Runs body(tile, head, scratch) over all (tile, head) pairs in parallel; scratch holds
+// `scratch_elems` acc_t per thread (allocated once per thread, not per tile).
+template <typename acc_t, typename Body>
+void for_each_tile_head(const std::vector<Tile>& tiles, int64_t H, int64_t scratch_elems, const Body& body) {
+  const int64_t n_tiles = static_cast<int64_t>(tiles.size());
+  at::parallel_for(0, n_tiles * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> scratch(scratch_elems);
+    for (int64_t w = begin; w < end; ++w) body(tiles[w % n_tiles], w / n_tiles, scratch.data());
+  });
+}
+
+// Tensor [T, H, d] contiguous, allocated like q.
+Tensor empty_tokens(const Tensor& q) { return at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous)); }
+
+// Unit last stride, as the kernels read rows in place (views such as q of a fused qkv are kept).
+Tensor rows_view(const Tensor& t) { return t.stride(2) == 1 ? t : t.contiguous(); }
+
+// ---- forward ----------------------------------------------------------------------------
+
+template <typename scalar_t>
+void forward_kernel(const Tensor& q_, const Tensor& k_, const Tensor& v_, const std::vector<Tile>& tiles, int64_t P,
+                    FrameReach reach, double scale_, Tensor& out, Tensor& lse) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto q = operand<scalar_t>(q_), k = operand<scalar_t>(k_), v = operand<scalar_t>(v_);
+  const int64_t T = q_.size(0), H = q_.size(1), d = q_.size(2);
+  const int64_t max_rows = std::max<int64_t>(1, kTileRows / P) * P, kb = chunk_cols(max_rows);
+  const acc_t scale = static_cast<acc_t>(scale_);
+  scalar_t* out_p = out.data_ptr<scalar_t>();
+  acc_t* lse_p = lse.data_ptr<acc_t>();
+  const int64_t scratch = max_rows * (kb + 2 * d + 2) + 2 * kb * d;
+
+  for_each_tile_head<acc_t>(tiles, H, scratch, [&](const Tile& tile, int64_t h, acc_t* buf) {
+    const int64_t r0 = tile.f0 * P, m = (tile.f1 - tile.f0) * P;
+    acc_t* s = buf;
+    acc_t* o = s + m * kb;
+    acc_t* q_buf = o + m * d;
+    acc_t* row_m = q_buf + m * d;
+    acc_t* row_l = row_m + m;
+    acc_t* k_buf = row_l + m;
+    acc_t* v_buf = k_buf + kb * d;
+    int64_t ldq, ldk, ldv;
+    const acc_t* qa = rows_as_acc(q.rows(r0, h), q.ld, m, d, q_buf, ldq);
+    std::fill(o, o + m * d, acc_t(0));
+    std::fill(row_m, row_m + m, -std::numeric_limits<acc_t>::infinity());
+    std::fill(row_l, row_l + m, acc_t(0));
+
+    const int64_t c_end = reach_hi(reach, tile.f1 - 1, tile.v1) * P;
+    for (int64_t c0 = reach_lo(reach, tile.f0, tile.v0) * P; c0 < c_end; c0 += kb) {
+      const int64_t n = std::min(kb, c_end - c0);
+      const acc_t* ka = rows_as_acc(k.rows(c0, h), k.ld, n, d, k_buf, ldk);
+      const acc_t* va = rows_as_acc(v.rows(c0, h), v.ld, n, d, v_buf, ldv);
+      gemm_nt<acc_t>(m, n, d, scale, qa, ldq, ka, ldk, acc_t(0), s, n);
+      mask_scores(s, n, tile, reach, P, c0);
+      for (int64_t i = 0; i < m; ++i) {
+        acc_t* row = s + i * n;
+        const acc_t factor = online_softmax_update(row_m[i], row_max(row, n));
+        row_l[i] = row_l[i] * factor + exp_shift_sum(row, n, softmax_shift(row_m[i]));
+        if (factor != acc_t(1)) {
+          for (int64_t j = 0; j < d; ++j) o[i * d + j] *= factor;
+        }
+      }
+      gemm_nn<acc_t>(m, d, n, acc_t(1), s, n, va, ldv, acc_t(1), o, d);
+    }
+    for (int64_t i = 0; i < m; ++i) {
+      const acc_t inv = row_l[i] > 0 ? acc_t(1) / row_l[i] : acc_t(0);
+      store_rows(o + i * d, 1, d, inv, out_p + (r0 + i) * H * d + h * d, H * d);
+      lse_p[h * T + r0 + i] = softmax_lse(row_m[i], row_l[i]);
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor> local_frame_attention_cpu(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                     const Tensor& cu_seqlens, int64_t tokens_per_frame,
+                                                     int64_t window, bool causal, double scale) {
+  const Tensor cu = check_attention_inputs(q, k, v, cu_seqlens, tokens_per_frame, window);
+  Tensor out = empty_tokens(q);
+  Tensor lse = at::empty({q.size(1), q.size(0)}, q.options().dtype(lse_dtype(q.scalar_type())));
+  if (q.numel() == 0) return {out, lse};
+  const auto tiles = frame_tiles(cu.data_ptr<int64_t>(), cu.numel() - 1, tokens_per_frame);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "local_frame_attention_cpu", [&] {
+    forward_kernel<scalar_t>(rows_view(q), rows_view(k), rows_view(v), tiles, tokens_per_frame,
+                             query_reach(window, causal), scale, out, lse);
+  });
+  return {out, lse};
+}
+
+// ---- backward ---------------------------------------------------------------------------
+
+// delta[h, t] = <grad_out[t, h], out[t, h]> - grad_lse[h, t]: the row term of the softmax
+// gradient (the log-sum-exp's own gradient folds into it, as d lse / d s = p).
+template <typename scalar_t>
+Tensor softmax_delta(const Tensor& grad_out, const Tensor& out, const c10::optional<Tensor>& grad_lse, const Tensor& lse) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t T = out.size(0), H = out.size(1), d = out.size(2);
+  Tensor delta = grad_lse.has_value() ? grad_lse->neg().contiguous() : at::zeros_like(lse, at::MemoryFormat::Contiguous);
+  const auto go = operand<scalar_t>(grad_out), o = operand<scalar_t>(out);
+  acc_t* dp = delta.data_ptr<acc_t>();
+  at::parallel_for(0, T, std::max<int64_t>(1, 4096 / std::max<int64_t>(H * d, 1)), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      for (int64_t h = 0; h < H; ++h) {
+        const scalar_t* a = go.rows(t, h);
+        const scalar_t* b = o.rows(t, h);
+        acc_t sum = 0;
+        for (int64_t j = 0; j < d; ++j) sum += static_cast<acc_t>(a[j]) * static_cast<acc_t>(b[j]);
+        dp[h * T + t] += sum;
+      }
+    }
+  });
+  return delta;
+}
+
+template <typename scalar_t>
+void backward_kernel(const Tensor& grad_out_, const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& lse_,
+                     const Tensor& delta_, const std::vector<Tile>& tiles, int64_t P, int64_t window, bool causal,
+                     double scale_, Tensor& dq, Tensor& dk, Tensor& dv) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto q = operand<scalar_t>(q_), k = operand<scalar_t>(k_), v = operand<scalar_t>(v_);
+  const auto go = operand<scalar_t>(grad_out_);
+  const int64_t T = q_.size(0), H = q_.size(1), d = q_.size(2);
+  const int64_t max_rows = std::max<int64_t>(1, kTileRows / P) * P, kb = chunk_cols(max_rows);
+  const acc_t scale = static_cast<acc_t>(scale_);
+  const acc_t* lse = lse_.const_data_ptr<acc_t>();
+  const acc_t* delta = delta_.const_data_ptr<acc_t>();
+  const int64_t scratch = max_rows * (2 * kb + 4 * d) + 2 * kb * d;
+
+  // dq over (query tile, head): dS = P * (dP - delta_row), dq = scale * dS K.
+  const FrameReach qr = query_reach(window, causal);
+  scalar_t* dq_p = dq.data_ptr<scalar_t>();
+  for_each_tile_head<acc_t>(tiles, H, scratch, [&](const Tile& tile, int64_t h, acc_t* buf) {
+    const int64_t r0 = tile.f0 * P, m = (tile.f1 - tile.f0) * P;
+    acc_t* s = buf;
+    acc_t* dp = s + m * kb;
+    acc_t* acc = dp + m * kb;
+    acc_t* q_buf = acc + m * d;
+    acc_t* go_buf = q_buf + m * d;
+    acc_t* k_buf = go_buf + m * d;
+    acc_t* v_buf = k_buf + kb * d;
+    int64_t ldq, ldgo, ldk, ldv;
+    const acc_t* qa = rows_as_acc(q.rows(r0, h), q.ld, m, d, q_buf, ldq);
+    const acc_t* goa = rows_as_acc(go.rows(r0, h), go.ld, m, d, go_buf, ldgo);
+    std::fill(acc, acc + m * d, acc_t(0));
+    const int64_t c_end = reach_hi(qr, tile.f1 - 1, tile.v1) * P;
+    for (int64_t c0 = reach_lo(qr, tile.f0, tile.v0) * P; c0 < c_end; c0 += kb) {
+      const int64_t n = std::min(kb, c_end - c0);
+      const acc_t* ka = rows_as_acc(k.rows(c0, h), k.ld, n, d, k_buf, ldk);
+      const acc_t* va = rows_as_acc(v.rows(c0, h), v.ld, n, d, v_buf, ldv);
+      gemm_nt<acc_t>(m, n, d, scale, qa, ldq, ka, ldk, acc_t(0), s, n);
+      mask_scores(s, n, tile, qr, P, c0);
+      for (int64_t i = 0; i < m; ++i) exp_shift_sum(s + i * n, n, lse[h * T + r0 + i]);
+      gemm_nt<acc_t>(m, n, d, acc_t(1), goa, ldgo, va, ldv, acc_t(0), dp, n);
+      for (int64_t i = 0; i < m; ++i) softmax_grad_row<acc_t>(s + i * n, dp + i * n, nullptr, delta[h * T + r0 + i], n);
+      gemm_nn<acc_t>(m, d, n, acc_t(1), dp, n, ka, ldk, acc_t(1), acc, d);
+    }
+    store_rows(acc, m, d, scale, dq_p + r0 * H * d + h * d, H * d);
+  });
+
+  // dk, dv over (key tile, head), against the queries that see the tile:
+  // dv = P^T dO, dS^T = P^T * (V dO^T - delta_col), dk = scale * dS^T Q.
+  const FrameReach kr = key_reach(window, causal);
+  scalar_t* dk_p = dk.data_ptr<scalar_t>();
+  scalar_t* dv_p = dv.data_ptr<scalar_t>();
+  for_each_tile_head<acc_t>(tiles, H, scratch, [&](const Tile& tile, int64_t h, acc_t* buf) {
+    const int64_t r0 = tile.f0 * P, m = (tile.f1 - tile.f0) * P;
+    acc_t* s = buf;
+    acc_t* dp = s + m * kb;
+    acc_t* dk_acc = dp + m * kb;
+    acc_t* dv_acc = dk_acc + m * d;
+    acc_t* k_buf = dv_acc + m * d;
+    acc_t* v_buf = k_buf + m * d;
+    acc_t* q_buf = v_buf + m * d;
+    acc_t* go_buf = q_buf + kb * d;
+    int64_t ldq, ldgo, ldk, ldv;
+    const acc_t* ka = rows_as_acc(k.rows(r0, h), k.ld, m, d, k_buf, ldk);
+    const acc_t* va = rows_as_acc(v.rows(r0, h), v.ld, m, d, v_buf, ldv);
+    std::fill(dk_acc, dk_acc + 2 * m * d, acc_t(0));
+    const int64_t c_end = reach_hi(kr, tile.f1 - 1, tile.v1) * P;
+    for (int64_t c0 = reach_lo(kr, tile.f0, tile.v0) * P; c0 < c_end; c0 += kb) {
+      const int64_t n = std::min(kb, c_end - c0);
+      const acc_t* qa = rows_as_acc(q.rows(c0, h), q.ld, n, d, q_buf, ldq);
+      const acc_t* goa = rows_as_acc(go.rows(c0, h), go.ld, n, d, go_buf, ldgo);
+      const acc_t* lse_c = lse + h * T + c0;
+      gemm_nt<acc_t>(m, n, d, scale, ka, ldk, qa, ldq, acc_t(0), s, n);
+      mask_scores(s, n, tile, kr, P, c0);
+      using Vec = at::vec::Vectorized<acc_t>;
+      for (int64_t i = 0; i < m; ++i) {
+        at::vec::map2<acc_t>([](Vec x, Vec l) { return (x - l).exp(); }, s + i * n, s + i * n, lse_c, n);
+      }
+      gemm_nn<acc_t>(m, d, n, acc_t(1), s, n, goa, ldgo, acc_t(1), dv_acc, d);
+      gemm_nt<acc_t>(m, n, d, acc_t(1), va, ldv, goa, ldgo, acc_t(0), dp, n);
+      for (int64_t i = 0; i < m; ++i) softmax_grad_row<acc_t>(s + i * n, dp + i * n, delta + h * T + c0, acc_t(0), n);
+      gemm_nn<acc_t>(m, d, n, acc_t(1), dp, n, qa, ldq, acc_t(1), dk_acc, d);
+    }
+    store_rows(dk_acc, m, d, scale, dk_p + r0 * H * d + h * d, H * d);
+    store_rows(dv_acc, m, d, acc_t(1), dv_p + r0 * H * d + h * d, H * d);
+  });
+}
+
+std::tuple<Tensor, Tensor, Tensor> local_frame_attention_backward_cpu(
+    const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+    const c10::optional<Tensor>& grad_lse, const Tensor& cu_seqlens, int64_t tokens_per_frame, int64_t window,
+    bool causal, double scale) {
+  const Tensor cu = check_attention_inputs(q, k, v, cu_seqlens, tokens_per_frame, window);
+  check_backward_inputs(q, grad_out, out, lse, grad_lse);
+  Tensor dq = empty_tokens(q), dk = empty_tokens(q), dv = empty_tokens(q);
+  if (q.numel() == 0) return {dq, dk, dv};
+  const auto tiles = frame_tiles(cu.data_ptr<int64_t>(), cu.numel() - 1, tokens_per_frame);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "local_frame_attention_backward_cpu", [&] {
+    const Tensor go = rows_view(grad_out);
+    const Tensor delta = softmax_delta<scalar_t>(go, rows_view(out), grad_lse, lse);
+    backward_kernel<scalar_t>(go, rows_view(q), rows_view(k), rows_view(v), lse.contiguous(), delta, tiles,
+                              tokens_per_frame, window, causal, scale, dq, dk, dv);
+  });
+  return {dq, dk, dv};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(flowception, CPU, m) {
+  m.impl("local_frame_attention", &local_frame_attention_cpu);
+  m.impl("local_frame_attention_backward", &local_frame_attention_backward_cpu);
+}
+
+}  // namespace flowception
