@@ -107,7 +107,7 @@ T exp_shift_sum(T* x, int64_t n, T shift) {
   Vec acc(T(0));
   int64_t i = 0;
   for (; i + Vec::size() <= n; i += Vec::size()) {
-    const Vec e = (Vec::loadu(x + i) - Vec(shift)).exp();
+    const Vec e = (Vec::loadu(x + i) - Vec(shift)).exp_u20();
     e.store(x + i);
     acc += e;
   }
@@ -130,25 +130,12 @@ void softmax_grad_row(const T* p, T* dp, const T* delta_cols, T delta_row, int64
   }
 }
 
-// Rows of one head of a [T, H, d] tensor (unit last stride) as acc_t: in place when the types
-// agree, else converted into buf (row stride d). Sets ld to the row stride of the result.
-template <typename acc_t, typename scalar_t>
-const acc_t* rows_as_acc(const scalar_t* src, int64_t src_ld, int64_t rows, int64_t d, acc_t* buf, int64_t& ld) {
-  if constexpr (std::is_same_v<acc_t, scalar_t>) {
-    ld = src_ld;
-    return src;
-  } else {
-    for (int64_t r = 0; r < rows; ++r) at::vec::convert(src + r * src_ld, buf + r * d, d);
-    ld = d;
-    return buf;
-  }
-}
-
-// dst row r = alpha * acc row r, for `rows` rows of d (dst row stride dst_ld).
-template <typename acc_t, typename scalar_t>
-void store_rows(const acc_t* acc, int64_t rows, int64_t d, acc_t alpha, scalar_t* dst, int64_t dst_ld) {
+// dst row r = alpha * src row r, for `rows` rows of d (row strides d and dst_ld).
+template <typename T>
+void store_rows(const T* src, int64_t rows, int64_t d, T alpha, T* dst, int64_t dst_ld) {
+  using Vec = at::vec::Vectorized<T>;
   for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t j = 0; j < d; ++j) dst[r * dst_ld + j] = static_cast<scalar_t>(alpha * acc[r * d + j]);
+    at::vec::map<T>([alpha](Vec x) { return x * Vec(alpha); }, dst + r * dst_ld, src + r * d, d);
   }
 }
 
@@ -185,90 +172,84 @@ void mask_scores(T* s, int64_t n, const Tile& tile, FrameReach reach, int64_t P,
   }
 }
 
-// Everything a pass needs about the problem; tensors are [T, H, d] with unit last stride.
-template <typename scalar_t>
+// One head of a [T, H, d] tensor with unit last stride: rows(t, h) points at token t, head h.
+template <typename T>
 struct Operand {
-  const scalar_t* data;
+  const T* data;
   int64_t ld;  // token stride
   int64_t hs;  // head stride
-  const scalar_t* rows(int64_t token, int64_t head) const { return data + token * ld + head * hs; }
+  const T* rows(int64_t token, int64_t head) const { return data + token * ld + head * hs; }
 };
 
-template <typename scalar_t>
-Operand<scalar_t> operand(const Tensor& t) {
-  return {t.const_data_ptr<scalar_t>(), t.stride(0), t.stride(1)};
+template <typename T>
+Operand<T> operand(const Tensor& t) {
+  return {t.const_data_ptr<T>(), t.stride(0), t.stride(1)};
 }
 
 // Columns per chunk for a tile of `rows` rows.
 int64_t chunk_cols(int64_t rows) { return std::clamp(kScoreElems / rows, int64_t(64), int64_t(1024)); }
 
 // Runs body(tile, head, scratch) over all (tile, head) pairs in parallel; scratch holds
-// `scratch_elems` acc_t per thread (allocated once per thread, not per tile).
-template <typename acc_t, typename Body>
+// `scratch_elems` T per thread (allocated once per thread, not per tile).
+template <typename T, typename Body>
 void for_each_tile_head(const std::vector<Tile>& tiles, int64_t H, int64_t scratch_elems, const Body& body) {
   const int64_t n_tiles = static_cast<int64_t>(tiles.size());
   at::parallel_for(0, n_tiles * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> scratch(scratch_elems);
+    std::vector<T> scratch(scratch_elems);
     for (int64_t w = begin; w < end; ++w) body(tiles[w % n_tiles], w / n_tiles, scratch.data());
   });
 }
 
-// Tensor [T, H, d] contiguous, allocated like q.
-Tensor empty_tokens(const Tensor& q) { return at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous)); }
+// The kernels compute in the accumulation type (float32, float64 for float64 inputs): inputs
+// of another dtype are converted once, O(T) extra memory, instead of once per tile visit.
+at::ScalarType acc_type(const Tensor& t) { return lse_dtype(t.scalar_type()); }
 
-// Unit last stride, as the kernels read rows in place (views such as q of a fused qkv are kept).
-Tensor rows_view(const Tensor& t) { return t.stride(2) == 1 ? t : t.contiguous(); }
+Tensor as_acc(const Tensor& t) {
+  if (t.scalar_type() != acc_type(t)) return t.to(acc_type(t));
+  return t.stride(2) == 1 ? t : t.contiguous();  // rows are read in place (e.g. q of a fused qkv)
+}
+
+Tensor empty_acc_tokens(const Tensor& q) { return at::empty(q.sizes(), q.options().dtype(acc_type(q))); }
 
 // ---- forward ----------------------------------------------------------------------------
 
-template <typename scalar_t>
+template <typename T>
 void forward_kernel(const Tensor& q_, const Tensor& k_, const Tensor& v_, const std::vector<Tile>& tiles, int64_t P,
                     FrameReach reach, double scale_, Tensor& out, Tensor& lse) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const auto q = operand<scalar_t>(q_), k = operand<scalar_t>(k_), v = operand<scalar_t>(v_);
-  const int64_t T = q_.size(0), H = q_.size(1), d = q_.size(2);
+  const auto q = operand<T>(q_), k = operand<T>(k_), v = operand<T>(v_);
+  const int64_t T_ = q_.size(0), H = q_.size(1), d = q_.size(2);
   const int64_t max_rows = std::max<int64_t>(1, kTileRows / P) * P, kb = chunk_cols(max_rows);
-  const acc_t scale = static_cast<acc_t>(scale_);
-  scalar_t* out_p = out.data_ptr<scalar_t>();
-  acc_t* lse_p = lse.data_ptr<acc_t>();
-  const int64_t scratch = max_rows * (kb + 2 * d + 2) + 2 * kb * d;
+  const T scale = static_cast<T>(scale_);
+  T* out_p = out.data_ptr<T>();
+  T* lse_p = lse.data_ptr<T>();
 
-  for_each_tile_head<acc_t>(tiles, H, scratch, [&](const Tile& tile, int64_t h, acc_t* buf) {
+  for_each_tile_head<T>(tiles, H, max_rows * (kb + d + 2), [&](const Tile& tile, int64_t h, T* buf) {
     const int64_t r0 = tile.f0 * P, m = (tile.f1 - tile.f0) * P;
-    acc_t* s = buf;
-    acc_t* o = s + m * kb;
-    acc_t* q_buf = o + m * d;
-    acc_t* row_m = q_buf + m * d;
-    acc_t* row_l = row_m + m;
-    acc_t* k_buf = row_l + m;
-    acc_t* v_buf = k_buf + kb * d;
-    int64_t ldq, ldk, ldv;
-    const acc_t* qa = rows_as_acc(q.rows(r0, h), q.ld, m, d, q_buf, ldq);
-    std::fill(o, o + m * d, acc_t(0));
-    std::fill(row_m, row_m + m, -std::numeric_limits<acc_t>::infinity());
-    std::fill(row_l, row_l + m, acc_t(0));
-
+    T* s = buf;              // scores / probabilities [m, kb]
+    T* o = s + m * kb;       // unnormalised output [m, d]
+    T* row_m = o + m * d;    // running max [m]
+    T* row_l = row_m + m;    // running sum [m]
+    std::fill(o, o + m * d, T(0));
+    std::fill(row_m, row_m + m, -std::numeric_limits<T>::infinity());
+    std::fill(row_l, row_l + m, T(0));
     const int64_t c_end = reach_hi(reach, tile.f1 - 1, tile.v1) * P;
     for (int64_t c0 = reach_lo(reach, tile.f0, tile.v0) * P; c0 < c_end; c0 += kb) {
       const int64_t n = std::min(kb, c_end - c0);
-      const acc_t* ka = rows_as_acc(k.rows(c0, h), k.ld, n, d, k_buf, ldk);
-      const acc_t* va = rows_as_acc(v.rows(c0, h), v.ld, n, d, v_buf, ldv);
-      gemm_nt<acc_t>(m, n, d, scale, qa, ldq, ka, ldk, acc_t(0), s, n);
+      gemm_nt<T>(m, n, d, scale, q.rows(r0, h), q.ld, k.rows(c0, h), k.ld, T(0), s, n);
       mask_scores(s, n, tile, reach, P, c0);
       for (int64_t i = 0; i < m; ++i) {
-        acc_t* row = s + i * n;
-        const acc_t factor = online_softmax_update(row_m[i], row_max(row, n));
+        T* row = s + i * n;
+        const T factor = online_softmax_update(row_m[i], row_max(row, n));
         row_l[i] = row_l[i] * factor + exp_shift_sum(row, n, softmax_shift(row_m[i]));
-        if (factor != acc_t(1)) {
+        if (factor != T(1)) {
           for (int64_t j = 0; j < d; ++j) o[i * d + j] *= factor;
         }
       }
-      gemm_nn<acc_t>(m, d, n, acc_t(1), s, n, va, ldv, acc_t(1), o, d);
+      gemm_nn<T>(m, d, n, T(1), s, n, v.rows(c0, h), v.ld, T(1), o, d);
     }
     for (int64_t i = 0; i < m; ++i) {
-      const acc_t inv = row_l[i] > 0 ? acc_t(1) / row_l[i] : acc_t(0);
-      store_rows(o + i * d, 1, d, inv, out_p + (r0 + i) * H * d + h * d, H * d);
-      lse_p[h * T + r0 + i] = softmax_lse(row_m[i], row_l[i]);
+      store_rows(o + i * d, 1, d, row_l[i] > 0 ? T(1) / row_l[i] : T(0), out_p + (r0 + i) * H * d + h * d, H * d);
+      lse_p[h * T_ + r0 + i] = softmax_lse(row_m[i], row_l[i]);
     }
   });
 }
@@ -277,83 +258,74 @@ std::tuple<Tensor, Tensor> local_frame_attention_cpu(const Tensor& q, const Tens
                                                      const Tensor& cu_seqlens, int64_t tokens_per_frame,
                                                      int64_t window, bool causal, double scale) {
   const Tensor cu = check_attention_inputs(q, k, v, cu_seqlens, tokens_per_frame, window);
-  Tensor out = empty_tokens(q);
-  Tensor lse = at::empty({q.size(1), q.size(0)}, q.options().dtype(lse_dtype(q.scalar_type())));
-  if (q.numel() == 0) return {out, lse};
-  const auto tiles = frame_tiles(cu.data_ptr<int64_t>(), cu.numel() - 1, tokens_per_frame);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "local_frame_attention_cpu", [&] {
-    forward_kernel<scalar_t>(rows_view(q), rows_view(k), rows_view(v), tiles, tokens_per_frame,
-                             query_reach(window, causal), scale, out, lse);
-  });
-  return {out, lse};
+  Tensor out = empty_acc_tokens(q);
+  Tensor lse = at::empty({q.size(1), q.size(0)}, q.options().dtype(acc_type(q)));
+  if (q.numel() > 0) {
+    const auto tiles = frame_tiles(cu.data_ptr<int64_t>(), cu.numel() - 1, tokens_per_frame);
+    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "local_frame_attention_cpu", [&] {
+      forward_kernel<scalar_t>(as_acc(q), as_acc(k), as_acc(v), tiles, tokens_per_frame, query_reach(window, causal),
+                               scale, out, lse);
+    });
+  }
+  return {out.to(q.scalar_type()), lse};
 }
 
 // ---- backward ---------------------------------------------------------------------------
 
 // delta[h, t] = <grad_out[t, h], out[t, h]> - grad_lse[h, t]: the row term of the softmax
 // gradient (the log-sum-exp's own gradient folds into it, as d lse / d s = p).
-template <typename scalar_t>
-Tensor softmax_delta(const Tensor& grad_out, const Tensor& out, const c10::optional<Tensor>& grad_lse, const Tensor& lse) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t T = out.size(0), H = out.size(1), d = out.size(2);
-  Tensor delta = grad_lse.has_value() ? grad_lse->neg().contiguous() : at::zeros_like(lse, at::MemoryFormat::Contiguous);
-  const auto go = operand<scalar_t>(grad_out), o = operand<scalar_t>(out);
-  acc_t* dp = delta.data_ptr<acc_t>();
-  at::parallel_for(0, T, std::max<int64_t>(1, 4096 / std::max<int64_t>(H * d, 1)), [&](int64_t begin, int64_t end) {
+template <typename T>
+Tensor softmax_delta(const Tensor& grad_out, const Tensor& out, const c10::optional<Tensor>& grad_lse) {
+  const int64_t T_ = out.size(0), H = out.size(1), d = out.size(2);
+  Tensor delta = at::empty({H, T_}, out.options());
+  const auto go = operand<T>(grad_out), o = operand<T>(out);
+  const Tensor gl = grad_lse.has_value() ? grad_lse->contiguous() : Tensor();
+  const T* glp = gl.defined() ? gl.const_data_ptr<T>() : nullptr;
+  T* dp = delta.data_ptr<T>();
+  at::parallel_for(0, T_, std::max<int64_t>(1, 4096 / (H * d)), [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       for (int64_t h = 0; h < H; ++h) {
-        const scalar_t* a = go.rows(t, h);
-        const scalar_t* b = o.rows(t, h);
-        acc_t sum = 0;
-        for (int64_t j = 0; j < d; ++j) sum += static_cast<acc_t>(a[j]) * static_cast<acc_t>(b[j]);
-        dp[h * T + t] += sum;
+        const T* a = go.rows(t, h);
+        const T* b = o.rows(t, h);
+        T sum = glp != nullptr ? -glp[h * T_ + t] : T(0);
+        for (int64_t j = 0; j < d; ++j) sum += a[j] * b[j];
+        dp[h * T_ + t] = sum;
       }
     }
   });
   return delta;
 }
 
-template <typename scalar_t>
+template <typename T>
 void backward_kernel(const Tensor& grad_out_, const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& lse_,
                      const Tensor& delta_, const std::vector<Tile>& tiles, int64_t P, int64_t window, bool causal,
                      double scale_, Tensor& dq, Tensor& dk, Tensor& dv) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const auto q = operand<scalar_t>(q_), k = operand<scalar_t>(k_), v = operand<scalar_t>(v_);
-  const auto go = operand<scalar_t>(grad_out_);
-  const int64_t T = q_.size(0), H = q_.size(1), d = q_.size(2);
+  const auto q = operand<T>(q_), k = operand<T>(k_), v = operand<T>(v_), go = operand<T>(grad_out_);
+  const int64_t T_ = q_.size(0), H = q_.size(1), d = q_.size(2);
   const int64_t max_rows = std::max<int64_t>(1, kTileRows / P) * P, kb = chunk_cols(max_rows);
-  const acc_t scale = static_cast<acc_t>(scale_);
-  const acc_t* lse = lse_.const_data_ptr<acc_t>();
-  const acc_t* delta = delta_.const_data_ptr<acc_t>();
-  const int64_t scratch = max_rows * (2 * kb + 4 * d) + 2 * kb * d;
+  const T scale = static_cast<T>(scale_);
+  const T* lse = lse_.const_data_ptr<T>();
+  const T* delta = delta_.const_data_ptr<T>();
+  const int64_t scratch = max_rows * (2 * kb + 2 * d);
 
-  // dq over (query tile, head): dS = P * (dP - delta_row), dq = scale * dS K.
+  // dq over (query tile, head): dS = P * (dO V^T - delta_row), dq = scale * dS K.
   const FrameReach qr = query_reach(window, causal);
-  scalar_t* dq_p = dq.data_ptr<scalar_t>();
-  for_each_tile_head<acc_t>(tiles, H, scratch, [&](const Tile& tile, int64_t h, acc_t* buf) {
+  T* dq_p = dq.data_ptr<T>();
+  for_each_tile_head<T>(tiles, H, scratch, [&](const Tile& tile, int64_t h, T* buf) {
     const int64_t r0 = tile.f0 * P, m = (tile.f1 - tile.f0) * P;
-    acc_t* s = buf;
-    acc_t* dp = s + m * kb;
-    acc_t* acc = dp + m * kb;
-    acc_t* q_buf = acc + m * d;
-    acc_t* go_buf = q_buf + m * d;
-    acc_t* k_buf = go_buf + m * d;
-    acc_t* v_buf = k_buf + kb * d;
-    int64_t ldq, ldgo, ldk, ldv;
-    const acc_t* qa = rows_as_acc(q.rows(r0, h), q.ld, m, d, q_buf, ldq);
-    const acc_t* goa = rows_as_acc(go.rows(r0, h), go.ld, m, d, go_buf, ldgo);
-    std::fill(acc, acc + m * d, acc_t(0));
+    T* s = buf;           // probabilities [m, kb]
+    T* dp = s + m * kb;   // dP, then dS [m, kb]
+    T* acc = dp + m * kb; // dq / scale [m, d]
+    std::fill(acc, acc + m * d, T(0));
     const int64_t c_end = reach_hi(qr, tile.f1 - 1, tile.v1) * P;
     for (int64_t c0 = reach_lo(qr, tile.f0, tile.v0) * P; c0 < c_end; c0 += kb) {
       const int64_t n = std::min(kb, c_end - c0);
-      const acc_t* ka = rows_as_acc(k.rows(c0, h), k.ld, n, d, k_buf, ldk);
-      const acc_t* va = rows_as_acc(v.rows(c0, h), v.ld, n, d, v_buf, ldv);
-      gemm_nt<acc_t>(m, n, d, scale, qa, ldq, ka, ldk, acc_t(0), s, n);
+      gemm_nt<T>(m, n, d, scale, q.rows(r0, h), q.ld, k.rows(c0, h), k.ld, T(0), s, n);
       mask_scores(s, n, tile, qr, P, c0);
-      for (int64_t i = 0; i < m; ++i) exp_shift_sum(s + i * n, n, lse[h * T + r0 + i]);
-      gemm_nt<acc_t>(m, n, d, acc_t(1), goa, ldgo, va, ldv, acc_t(0), dp, n);
-      for (int64_t i = 0; i < m; ++i) softmax_grad_row<acc_t>(s + i * n, dp + i * n, nullptr, delta[h * T + r0 + i], n);
-      gemm_nn<acc_t>(m, d, n, acc_t(1), dp, n, ka, ldk, acc_t(1), acc, d);
+      for (int64_t i = 0; i < m; ++i) exp_shift_sum(s + i * n, n, lse[h * T_ + r0 + i]);
+      gemm_nt<T>(m, n, d, T(1), go.rows(r0, h), go.ld, v.rows(c0, h), v.ld, T(0), dp, n);
+      for (int64_t i = 0; i < m; ++i) softmax_grad_row<T>(s + i * n, dp + i * n, nullptr, delta[h * T_ + r0 + i], n);
+      gemm_nn<T>(m, d, n, T(1), dp, n, k.rows(c0, h), k.ld, T(1), acc, d);
     }
     store_rows(acc, m, d, scale, dq_p + r0 * H * d + h * d, H * d);
   });
@@ -361,41 +333,32 @@ void backward_kernel(const Tensor& grad_out_, const Tensor& q_, const Tensor& k_
   // dk, dv over (key tile, head), against the queries that see the tile:
   // dv = P^T dO, dS^T = P^T * (V dO^T - delta_col), dk = scale * dS^T Q.
   const FrameReach kr = key_reach(window, causal);
-  scalar_t* dk_p = dk.data_ptr<scalar_t>();
-  scalar_t* dv_p = dv.data_ptr<scalar_t>();
-  for_each_tile_head<acc_t>(tiles, H, scratch, [&](const Tile& tile, int64_t h, acc_t* buf) {
+  T* dk_p = dk.data_ptr<T>();
+  T* dv_p = dv.data_ptr<T>();
+  for_each_tile_head<T>(tiles, H, scratch, [&](const Tile& tile, int64_t h, T* buf) {
+    using Vec = at::vec::Vectorized<T>;
     const int64_t r0 = tile.f0 * P, m = (tile.f1 - tile.f0) * P;
-    acc_t* s = buf;
-    acc_t* dp = s + m * kb;
-    acc_t* dk_acc = dp + m * kb;
-    acc_t* dv_acc = dk_acc + m * d;
-    acc_t* k_buf = dv_acc + m * d;
-    acc_t* v_buf = k_buf + m * d;
-    acc_t* q_buf = v_buf + m * d;
-    acc_t* go_buf = q_buf + kb * d;
-    int64_t ldq, ldgo, ldk, ldv;
-    const acc_t* ka = rows_as_acc(k.rows(r0, h), k.ld, m, d, k_buf, ldk);
-    const acc_t* va = rows_as_acc(v.rows(r0, h), v.ld, m, d, v_buf, ldv);
-    std::fill(dk_acc, dk_acc + 2 * m * d, acc_t(0));
+    T* s = buf;               // P^T [m, kb]
+    T* dp = s + m * kb;       // dP^T, then dS^T [m, kb]
+    T* dk_acc = dp + m * kb;  // [m, d]
+    T* dv_acc = dk_acc + m * d;
+    std::fill(dk_acc, dk_acc + 2 * m * d, T(0));
     const int64_t c_end = reach_hi(kr, tile.f1 - 1, tile.v1) * P;
     for (int64_t c0 = reach_lo(kr, tile.f0, tile.v0) * P; c0 < c_end; c0 += kb) {
       const int64_t n = std::min(kb, c_end - c0);
-      const acc_t* qa = rows_as_acc(q.rows(c0, h), q.ld, n, d, q_buf, ldq);
-      const acc_t* goa = rows_as_acc(go.rows(c0, h), go.ld, n, d, go_buf, ldgo);
-      const acc_t* lse_c = lse + h * T + c0;
-      gemm_nt<acc_t>(m, n, d, scale, ka, ldk, qa, ldq, acc_t(0), s, n);
+      const T* lse_c = lse + h * T_ + c0;
+      gemm_nt<T>(m, n, d, scale, k.rows(r0, h), k.ld, q.rows(c0, h), q.ld, T(0), s, n);
       mask_scores(s, n, tile, kr, P, c0);
-      using Vec = at::vec::Vectorized<acc_t>;
       for (int64_t i = 0; i < m; ++i) {
-        at::vec::map2<acc_t>([](Vec x, Vec l) { return (x - l).exp(); }, s + i * n, s + i * n, lse_c, n);
+        at::vec::map2<T>([](Vec x, Vec l) { return (x - l).exp_u20(); }, s + i * n, s + i * n, lse_c, n);
       }
-      gemm_nn<acc_t>(m, d, n, acc_t(1), s, n, goa, ldgo, acc_t(1), dv_acc, d);
-      gemm_nt<acc_t>(m, n, d, acc_t(1), va, ldv, goa, ldgo, acc_t(0), dp, n);
-      for (int64_t i = 0; i < m; ++i) softmax_grad_row<acc_t>(s + i * n, dp + i * n, delta + h * T + c0, acc_t(0), n);
-      gemm_nn<acc_t>(m, d, n, acc_t(1), dp, n, qa, ldq, acc_t(1), dk_acc, d);
+      gemm_nn<T>(m, d, n, T(1), s, n, go.rows(c0, h), go.ld, T(1), dv_acc, d);
+      gemm_nt<T>(m, n, d, T(1), v.rows(r0, h), v.ld, go.rows(c0, h), go.ld, T(0), dp, n);
+      for (int64_t i = 0; i < m; ++i) softmax_grad_row<T>(s + i * n, dp + i * n, delta + h * T_ + c0, T(0), n);
+      gemm_nn<T>(m, d, n, T(1), dp, n, q.rows(c0, h), q.ld, T(1), dk_acc, d);
     }
     store_rows(dk_acc, m, d, scale, dk_p + r0 * H * d + h * d, H * d);
-    store_rows(dv_acc, m, d, acc_t(1), dv_p + r0 * H * d + h * d, H * d);
+    store_rows(dv_acc, m, d, T(1), dv_p + r0 * H * d + h * d, H * d);
   });
 }
 
@@ -405,16 +368,18 @@ std::tuple<Tensor, Tensor, Tensor> local_frame_attention_backward_cpu(
     bool causal, double scale) {
   const Tensor cu = check_attention_inputs(q, k, v, cu_seqlens, tokens_per_frame, window);
   check_backward_inputs(q, grad_out, out, lse, grad_lse);
-  Tensor dq = empty_tokens(q), dk = empty_tokens(q), dv = empty_tokens(q);
-  if (q.numel() == 0) return {dq, dk, dv};
-  const auto tiles = frame_tiles(cu.data_ptr<int64_t>(), cu.numel() - 1, tokens_per_frame);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "local_frame_attention_backward_cpu", [&] {
-    const Tensor go = rows_view(grad_out);
-    const Tensor delta = softmax_delta<scalar_t>(go, rows_view(out), grad_lse, lse);
-    backward_kernel<scalar_t>(go, rows_view(q), rows_view(k), rows_view(v), lse.contiguous(), delta, tiles,
-                              tokens_per_frame, window, causal, scale, dq, dk, dv);
-  });
-  return {dq, dk, dv};
+  Tensor dq = empty_acc_tokens(q), dk = empty_acc_tokens(q), dv = empty_acc_tokens(q);
+  if (q.numel() > 0) {
+    const auto tiles = frame_tiles(cu.data_ptr<int64_t>(), cu.numel() - 1, tokens_per_frame);
+    AT_DISPATCH_FLOATING_TYPES(dq.scalar_type(), "local_frame_attention_backward_cpu", [&] {
+      const Tensor go = as_acc(grad_out);
+      const Tensor delta = softmax_delta<scalar_t>(go, as_acc(out), grad_lse);
+      backward_kernel<scalar_t>(go, as_acc(q), as_acc(k), as_acc(v), lse.contiguous(), delta, tiles, tokens_per_frame,
+                                window, causal, scale, dq, dk, dv);
+    });
+  }
+  const auto dtype = q.scalar_type();
+  return {dq.to(dtype), dk.to(dtype), dv.to(dtype)};
 }
 
 }  // namespace
