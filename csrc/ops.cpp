@@ -22,7 +22,7 @@ TORCH_LIBRARY(flowception, m) {
       " int window, bool causal, float scale) -> (Tensor, Tensor)");
   // Its backward (recomputes from lse; grad_lse may be None). Returns (dq, dk, dv).
   m.def(
-      "local_frame_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse,"
+      "local_frame_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor lse,"
       " Tensor? grad_lse, Tensor cu_seqlens, int tokens_per_frame, int window, bool causal, float scale)"
       " -> (Tensor, Tensor, Tensor)");
 }

@@ -119,15 +119,27 @@ T exp_shift_sum(T* x, int64_t n, T shift) {
   return sum;
 }
 
-// dp <- p * (dp - delta), delta per column (a vector) or per row (a scalar broadcast).
+// dp <- p * (dp - delta), delta per column.
 template <typename T>
-void softmax_grad_row(const T* p, T* dp, const T* delta_cols, T delta_row, int64_t n) {
+void softmax_grad_row(const T* p, T* dp, const T* delta, int64_t n) {
   using Vec = at::vec::Vectorized<T>;
-  if (delta_cols != nullptr) {
-    at::vec::map3<T>([](Vec a, Vec b, Vec c) { return a * (b - c); }, dp, p, dp, delta_cols, n);
-  } else {
-    at::vec::map2<T>([delta_row](Vec a, Vec b) { return a * (b - Vec(delta_row)); }, dp, p, dp, n);
+  at::vec::map3<T>([](Vec a, Vec b, Vec c) { return a * (b - c); }, dp, p, dp, delta, n);
+}
+
+// dp <- p * dp in place; returns the sum.
+template <typename T>
+T mul_sum(const T* p, T* dp, int64_t n) {
+  using Vec = at::vec::Vectorized<T>;
+  Vec acc(T(0));
+  int64_t i = 0;
+  for (; i + Vec::size() <= n; i += Vec::size()) {
+    const Vec e = Vec::loadu(p + i) * Vec::loadu(dp + i);
+    e.store(dp + i);
+    acc += e;
   }
+  T sum = at::vec::vec_reduce_all<T>([](Vec& a, Vec& b) { return a + b; }, acc);
+  for (; i < n; ++i) sum += (dp[i] *= p[i]);
+  return sum;
 }
 
 // dst row r = alpha * src row r, for `rows` rows of d (row strides d and dst_ld).
@@ -272,51 +284,34 @@ std::tuple<Tensor, Tensor> local_frame_attention_cpu(const Tensor& q, const Tens
 
 // ---- backward ---------------------------------------------------------------------------
 
-// delta[h, t] = <grad_out[t, h], out[t, h]> - grad_lse[h, t]: the row term of the softmax
-// gradient (the log-sum-exp's own gradient folds into it, as d lse / d s = p).
-template <typename T>
-Tensor softmax_delta(const Tensor& grad_out, const Tensor& out, const c10::optional<Tensor>& grad_lse) {
-  const int64_t T_ = out.size(0), H = out.size(1), d = out.size(2);
-  Tensor delta = at::empty({H, T_}, out.options());
-  const auto go = operand<T>(grad_out), o = operand<T>(out);
-  const Tensor gl = grad_lse.has_value() ? grad_lse->contiguous() : Tensor();
-  const T* glp = gl.defined() ? gl.const_data_ptr<T>() : nullptr;
-  T* dp = delta.data_ptr<T>();
-  at::parallel_for(0, T_, std::max<int64_t>(1, 4096 / (H * d)), [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      for (int64_t h = 0; h < H; ++h) {
-        const T* a = go.rows(t, h);
-        const T* b = o.rows(t, h);
-        T sum = glp != nullptr ? -glp[h * T_ + t] : T(0);
-        for (int64_t j = 0; j < d; ++j) sum += a[j] * b[j];
-        dp[h * T_ + t] = sum;
-      }
-    }
-  });
-  return delta;
-}
-
 template <typename T>
 void backward_kernel(const Tensor& grad_out_, const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& lse_,
-                     const Tensor& delta_, const std::vector<Tile>& tiles, int64_t P, int64_t window, bool causal,
+                     const Tensor& grad_lse_, const std::vector<Tile>& tiles, int64_t P, int64_t window, bool causal,
                      double scale_, Tensor& dq, Tensor& dk, Tensor& dv) {
   const auto q = operand<T>(q_), k = operand<T>(k_), v = operand<T>(v_), go = operand<T>(grad_out_);
   const int64_t T_ = q_.size(0), H = q_.size(1), d = q_.size(2);
   const int64_t max_rows = std::max<int64_t>(1, kTileRows / P) * P, kb = chunk_cols(max_rows);
   const T scale = static_cast<T>(scale_);
   const T* lse = lse_.const_data_ptr<T>();
-  const T* delta = delta_.const_data_ptr<T>();
-  const int64_t scratch = max_rows * (2 * kb + 2 * d);
+  const T* grad_lse = grad_lse_.defined() ? grad_lse_.const_data_ptr<T>() : nullptr;
+  Tensor delta_ = at::empty_like(lse_);  // [H, T], written by the dq pass
+  T* delta = delta_.data_ptr<T>();
+  const int64_t scratch = max_rows * (2 * kb + 2 * d + 1);
 
-  // dq over (query tile, head): dS = P * (dO V^T - delta_row), dq = scale * dS K.
+  // dq over (query tile, head). With dS = P * (dP - delta) and delta_i = sum_j P_ij dP_ij
+  // (= <dO_i, O_i> for the exact output O, which a rounded bf16 `out` is not), one sweep gives
+  // dq = scale * ((P * dP) K - delta P K) and delta, which the dk/dv pass reads.
   const FrameReach qr = query_reach(window, causal);
   T* dq_p = dq.data_ptr<T>();
   for_each_tile_head<T>(tiles, H, scratch, [&](const Tile& tile, int64_t h, T* buf) {
     const int64_t r0 = tile.f0 * P, m = (tile.f1 - tile.f0) * P;
-    T* s = buf;           // probabilities [m, kb]
-    T* dp = s + m * kb;   // dP, then dS [m, kb]
-    T* acc = dp + m * kb; // dq / scale [m, d]
-    std::fill(acc, acc + m * d, T(0));
+    T* s = buf;              // probabilities [m, kb]
+    T* dp = s + m * kb;      // dP, then P * dP [m, kb]
+    T* acc = dp + m * kb;    // (P * dP) K [m, d]
+    T* pk = acc + m * d;     // P K [m, d]
+    T* row_delta = pk + m * d;
+    std::fill(acc, acc + 2 * m * d, T(0));
+    std::fill(row_delta, row_delta + m, T(0));
     const int64_t c_end = reach_hi(qr, tile.f1 - 1, tile.v1) * P;
     for (int64_t c0 = reach_lo(qr, tile.f0, tile.v0) * P; c0 < c_end; c0 += kb) {
       const int64_t n = std::min(kb, c_end - c0);
@@ -324,10 +319,15 @@ void backward_kernel(const Tensor& grad_out_, const Tensor& q_, const Tensor& k_
       mask_scores(s, n, tile, qr, P, c0);
       for (int64_t i = 0; i < m; ++i) exp_shift_sum(s + i * n, n, lse[h * T_ + r0 + i]);
       gemm_nt<T>(m, n, d, T(1), go.rows(r0, h), go.ld, v.rows(c0, h), v.ld, T(0), dp, n);
-      for (int64_t i = 0; i < m; ++i) softmax_grad_row<T>(s + i * n, dp + i * n, nullptr, delta[h * T_ + r0 + i], n);
+      for (int64_t i = 0; i < m; ++i) row_delta[i] += mul_sum(s + i * n, dp + i * n, n);
       gemm_nn<T>(m, d, n, T(1), dp, n, k.rows(c0, h), k.ld, T(1), acc, d);
+      gemm_nn<T>(m, d, n, T(1), s, n, k.rows(c0, h), k.ld, T(1), pk, d);
     }
-    store_rows(acc, m, d, scale, dq_p + r0 * H * d + h * d, H * d);
+    for (int64_t i = 0; i < m; ++i) {
+      const T di = row_delta[i] - (grad_lse != nullptr ? grad_lse[h * T_ + r0 + i] : T(0));
+      delta[h * T_ + r0 + i] = di;
+      for (int64_t j = 0; j < d; ++j) dq_p[(r0 + i) * H * d + h * d + j] = scale * (acc[i * d + j] - di * pk[i * d + j]);
+    }
   });
 
   // dk, dv over (key tile, head), against the queries that see the tile:
@@ -354,7 +354,7 @@ void backward_kernel(const Tensor& grad_out_, const Tensor& q_, const Tensor& k_
       }
       gemm_nn<T>(m, d, n, T(1), s, n, go.rows(c0, h), go.ld, T(1), dv_acc, d);
       gemm_nt<T>(m, n, d, T(1), v.rows(r0, h), v.ld, go.rows(c0, h), go.ld, T(0), dp, n);
-      for (int64_t i = 0; i < m; ++i) softmax_grad_row<T>(s + i * n, dp + i * n, delta + h * T_ + c0, T(0), n);
+      for (int64_t i = 0; i < m; ++i) softmax_grad_row<T>(s + i * n, dp + i * n, delta + h * T_ + c0, n);
       gemm_nn<T>(m, d, n, T(1), dp, n, q.rows(c0, h), q.ld, T(1), dk_acc, d);
     }
     store_rows(dk_acc, m, d, scale, dk_p + r0 * H * d + h * d, H * d);
@@ -363,18 +363,17 @@ void backward_kernel(const Tensor& grad_out_, const Tensor& q_, const Tensor& k_
 }
 
 std::tuple<Tensor, Tensor, Tensor> local_frame_attention_backward_cpu(
-    const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+    const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& lse,
     const c10::optional<Tensor>& grad_lse, const Tensor& cu_seqlens, int64_t tokens_per_frame, int64_t window,
     bool causal, double scale) {
   const Tensor cu = check_attention_inputs(q, k, v, cu_seqlens, tokens_per_frame, window);
-  check_backward_inputs(q, grad_out, out, lse, grad_lse);
+  check_backward_inputs(q, grad_out, lse, grad_lse);
   Tensor dq = empty_acc_tokens(q), dk = empty_acc_tokens(q), dv = empty_acc_tokens(q);
   if (q.numel() > 0) {
     const auto tiles = frame_tiles(cu.data_ptr<int64_t>(), cu.numel() - 1, tokens_per_frame);
     AT_DISPATCH_FLOATING_TYPES(dq.scalar_type(), "local_frame_attention_backward_cpu", [&] {
-      const Tensor go = as_acc(grad_out);
-      const Tensor delta = softmax_delta<scalar_t>(go, as_acc(out), grad_lse);
-      backward_kernel<scalar_t>(go, as_acc(q), as_acc(k), as_acc(v), lse.contiguous(), delta, tiles, tokens_per_frame,
+      backward_kernel<scalar_t>(as_acc(grad_out), as_acc(q), as_acc(k), as_acc(v), lse.contiguous(),
+                                grad_lse.has_value() ? grad_lse->contiguous() : Tensor(), tiles, tokens_per_frame,
                                 window, causal, scale, dq, dk, dv);
     });
   }

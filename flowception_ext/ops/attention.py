@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.utils.flop_counter import flop_registry
 
 from ._registry import compiled_op, register
 from .reference import local_frame_attention_ref
@@ -48,7 +49,7 @@ def local_frame_attention(
         scale = q.shape[-1] ** -0.5
     op = compiled_op("local_frame_attention")
     if op is None:
-        return local_frame_attention_ref(q, k, v, cu_seqlens, tokens_per_frame, window, causal, scale)
+        return local_frame_attention_ref(q, k, v, cu_seqlens, tokens_per_frame, window, scale, causal=causal)
     return op(q, k, v, cu_seqlens, tokens_per_frame, window, causal, scale)
 
 
@@ -78,22 +79,22 @@ def _fake(q, k, v, cu_seqlens, tokens_per_frame, window, causal, scale):
     return out, q.new_empty((q.shape[1], q.shape[0]), dtype=_lse_dtype(q.dtype))
 
 
-def _backward_fake(grad_out, q, k, v, out, lse, grad_lse, cu_seqlens, tokens_per_frame, window, causal, scale):
+def _backward_fake(grad_out, q, k, v, lse, grad_lse, cu_seqlens, tokens_per_frame, window, causal, scale):
     return tuple(torch.empty_like(q, memory_format=torch.contiguous_format) for _ in range(3))
 
 
 def _setup(ctx, inputs, output):
     q, k, v, cu_seqlens, tokens_per_frame, window, causal, scale = inputs
     ctx.args = (tokens_per_frame, window, causal, scale)
-    ctx.save_for_backward(q, k, v, output[0], output[1], cu_seqlens)
+    ctx.save_for_backward(q, k, v, output[1], cu_seqlens)
 
 
 def _backward(ctx, grad_out, grad_lse):
-    q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
+    q, k, v, lse, cu_seqlens = ctx.saved_tensors
     if grad_out is None:
-        grad_out = torch.zeros_like(out)
+        grad_out = torch.zeros_like(q)
     dq, dk, dv = torch.ops.flowception.local_frame_attention_backward(
-        grad_out, q, k, v, out, lse, grad_lse, cu_seqlens, *ctx.args
+        grad_out, q, k, v, lse, grad_lse, cu_seqlens, *ctx.args
     )
     return dq, dk, dv, None, None, None, None, None
 
@@ -102,7 +103,7 @@ def _flops(q, k, v, cu_seqlens, tokens_per_frame, window, causal, scale, *args, 
     return local_frame_attention_flops(cu_seqlens, tokens_per_frame, window, q.shape[1], q.shape[2], causal)
 
 
-def _backward_flops(grad_out, q, k, v, out, lse, grad_lse, cu_seqlens, tokens_per_frame, window, causal, scale,
+def _backward_flops(grad_out, q, k, v, lse, grad_lse, cu_seqlens, tokens_per_frame, window, causal, scale,
                     *args, **kwargs) -> int:
     # dV, dP, dQ, dK: twice the forward's matmuls (the recomputation of S is not counted)
     return 2 * local_frame_attention_flops(cu_seqlens, tokens_per_frame, window, q.shape[1], q.shape[2], causal)
@@ -110,3 +111,8 @@ def _backward_flops(grad_out, q, k, v, out, lse, grad_lse, cu_seqlens, tokens_pe
 
 register("local_frame_attention", fake=_fake, flops=_flops, backward=_backward, setup_context=_setup)
 register("local_frame_attention_backward", fake=_backward_fake, flops=_backward_flops)
+if compiled_op("local_frame_attention") is not None:
+    # The FLOPs depend on the values of cu_seqlens, but register() wraps formulas to receive
+    # shapes only: install the formulas unwrapped (raw arguments).
+    flop_registry[torch.ops.flowception.local_frame_attention] = _flops
+    flop_registry[torch.ops.flowception.local_frame_attention_backward] = _backward_flops

@@ -203,8 +203,9 @@ def local_frame_attention_ref(
     cu_seqlens: Tensor,
     tokens_per_frame: int,
     window: int = -1,
-    causal: bool = False,
     scale: float | None = None,
+    *,
+    causal: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Attention within each video through a dense block mask per video (explicit math in
     float32, float64 for float64 inputs). Returns ``(out [T, H, d], lse [H, T])``; differentiable."""
