@@ -142,12 +142,11 @@ T mul_sum(const T* p, T* dp, int64_t n) {
   return sum;
 }
 
-// dst row r = alpha * src row r, for `rows` rows of d (row strides d and dst_ld).
-template <typename T>
-void store_rows(const T* src, int64_t rows, int64_t d, T alpha, T* dst, int64_t dst_ld) {
-  using Vec = at::vec::Vectorized<T>;
+// dst row r = alpha * src row r, for `rows` rows of d (row strides d and dst_ld), in dst's type.
+template <typename T, typename S>
+void store_rows(const T* src, int64_t rows, int64_t d, T alpha, S* dst, int64_t dst_ld) {
   for (int64_t r = 0; r < rows; ++r) {
-    at::vec::map<T>([alpha](Vec x) { return x * Vec(alpha); }, dst + r * dst_ld, src + r * d, d);
+    for (int64_t j = 0; j < d; ++j) dst[r * dst_ld + j] = static_cast<S>(alpha * src[r * d + j]);
   }
 }
 
@@ -184,70 +183,105 @@ void mask_scores(T* s, int64_t n, const Tile& tile, FrameReach reach, int64_t P,
   }
 }
 
-// One head of a [T, H, d] tensor with unit last stride: rows(t, h) points at token t, head h.
-template <typename T>
-struct Operand {
-  const T* data;
-  int64_t ld;  // token stride
-  int64_t hs;  // head stride
-  const T* rows(int64_t token, int64_t head) const { return data + token * ld + head * hs; }
-};
+// Rows of one head of a [T, H, d] tensor (unit last stride) in the compute type T. In place when
+// the tensor has that type; else (bf16/fp16) converted into a per-thread cache that holds the
+// rows of one (video, head) seen so far, so consecutive tiles of a video convert each row once
+// (no full converted copy of the inputs, no conversion per tile visit).
+template <typename S>
+class RowReader {
+ public:
+  using T = at::opmath_type<S>;
 
-template <typename T>
-Operand<T> operand(const Tensor& t) {
-  return {t.const_data_ptr<T>(), t.stride(0), t.stride(1)};
-}
+  explicit RowReader(const Tensor& t)
+      : data_(t.const_data_ptr<S>()), ld_(t.stride(0)), hs_(t.stride(1)), d_(t.size(2)) {}
+
+  int64_t ld() const { return kInPlace ? ld_ : d_; }
+
+  // Rows [begin, end) of `head`, inside the video whose first token is `video_begin`.
+  const T* rows(int64_t begin, int64_t end, int64_t head, int64_t video_begin) {
+    if constexpr (kInPlace) {
+      return data_ + begin * ld_ + head * hs_;
+    } else {
+      if (head != head_ || video_begin != video_) {
+        head_ = head;
+        video_ = video_begin;
+        lo_ = hi_ = begin;
+      }
+      if (begin < lo_ || end > hi_) {
+        const int64_t lo = std::min(begin, lo_), hi = std::max(end, hi_);
+        if (static_cast<int64_t>(cache_.size()) < (hi - video_) * d_) cache_.resize((hi - video_) * d_);
+        convert(lo, lo_);
+        convert(hi_, hi);
+        lo_ = lo;
+        hi_ = hi;
+      }
+      return cache_.data() + (begin - video_) * d_;
+    }
+  }
+
+ private:
+  static constexpr bool kInPlace = std::is_same_v<S, T>;
+
+  void convert(int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) at::vec::convert(data_ + r * ld_ + head_ * hs_, cache_.data() + (r - video_) * d_, d_);
+  }
+
+  const S* data_;
+  int64_t ld_, hs_, d_;
+  std::vector<T> cache_;
+  int64_t head_ = -1, video_ = -1, lo_ = 0, hi_ = 0;
+};
 
 // Columns per chunk for a tile of `rows` rows.
 int64_t chunk_cols(int64_t rows) { return std::clamp(kScoreElems / rows, int64_t(64), int64_t(1024)); }
 
-// Runs body(tile, head, scratch) over all (tile, head) pairs in parallel; scratch holds
-// `scratch_elems` T per thread (allocated once per thread, not per tile).
-template <typename T, typename Body>
-void for_each_tile_head(const std::vector<Tile>& tiles, int64_t H, int64_t scratch_elems, const Body& body) {
+// Runs body(tile, head, state) over all (tile, head) pairs in parallel, head-major so a thread
+// walks the tiles of a video in order; state = make_state() is per thread.
+template <typename MakeState, typename Body>
+void for_each_tile_head(const std::vector<Tile>& tiles, int64_t H, const MakeState& make_state, const Body& body) {
   const int64_t n_tiles = static_cast<int64_t>(tiles.size());
   at::parallel_for(0, n_tiles * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> scratch(scratch_elems);
-    for (int64_t w = begin; w < end; ++w) body(tiles[w % n_tiles], w / n_tiles, scratch.data());
+    auto state = make_state();
+    for (int64_t w = begin; w < end; ++w) body(tiles[w % n_tiles], w / n_tiles, state);
   });
 }
 
-// The kernels compute in the accumulation type (float32, float64 for float64 inputs): inputs
-// of another dtype are converted once, O(T) extra memory, instead of once per tile visit.
-at::ScalarType acc_type(const Tensor& t) { return lse_dtype(t.scalar_type()); }
+// Unit last stride, as the kernels read rows in place (views such as q of a fused qkv are kept).
+Tensor rows_view(const Tensor& t) { return t.stride(2) == 1 ? t : t.contiguous(); }
 
-Tensor as_acc(const Tensor& t) {
-  if (t.scalar_type() != acc_type(t)) return t.to(acc_type(t));
-  return t.stride(2) == 1 ? t : t.contiguous();  // rows are read in place (e.g. q of a fused qkv)
-}
-
-Tensor empty_acc_tokens(const Tensor& q) { return at::empty(q.sizes(), q.options().dtype(acc_type(q))); }
+Tensor empty_tokens(const Tensor& q) { return at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous)); }
 
 // ---- forward ----------------------------------------------------------------------------
 
-template <typename T>
+template <typename S>
 void forward_kernel(const Tensor& q_, const Tensor& k_, const Tensor& v_, const std::vector<Tile>& tiles, int64_t P,
                     FrameReach reach, double scale_, Tensor& out, Tensor& lse) {
-  const auto q = operand<T>(q_), k = operand<T>(k_), v = operand<T>(v_);
+  using T = at::opmath_type<S>;
   const int64_t T_ = q_.size(0), H = q_.size(1), d = q_.size(2);
   const int64_t max_rows = std::max<int64_t>(1, kTileRows / P) * P, kb = chunk_cols(max_rows);
   const T scale = static_cast<T>(scale_);
-  T* out_p = out.data_ptr<T>();
+  S* out_p = out.data_ptr<S>();
   T* lse_p = lse.data_ptr<T>();
+  struct State {
+    std::vector<T> buf;
+    RowReader<S> q, k, v;
+  };
+  auto make_state = [&] { return State{std::vector<T>(max_rows * (kb + d + 2)), RowReader<S>(q_), RowReader<S>(k_), RowReader<S>(v_)}; };
 
-  for_each_tile_head<T>(tiles, H, max_rows * (kb + d + 2), [&](const Tile& tile, int64_t h, T* buf) {
-    const int64_t r0 = tile.f0 * P, m = (tile.f1 - tile.f0) * P;
-    T* s = buf;              // scores / probabilities [m, kb]
+  for_each_tile_head(tiles, H, make_state, [&](const Tile& tile, int64_t h, State& st) {
+    const int64_t r0 = tile.f0 * P, m = (tile.f1 - tile.f0) * P, vb = tile.v0 * P;
+    T* s = st.buf.data();    // scores / probabilities [m, kb]
     T* o = s + m * kb;       // unnormalised output [m, d]
     T* row_m = o + m * d;    // running max [m]
     T* row_l = row_m + m;    // running sum [m]
     std::fill(o, o + m * d, T(0));
     std::fill(row_m, row_m + m, -std::numeric_limits<T>::infinity());
     std::fill(row_l, row_l + m, T(0));
+    const T* qa = st.q.rows(r0, r0 + m, h, vb);
     const int64_t c_end = reach_hi(reach, tile.f1 - 1, tile.v1) * P;
     for (int64_t c0 = reach_lo(reach, tile.f0, tile.v0) * P; c0 < c_end; c0 += kb) {
       const int64_t n = std::min(kb, c_end - c0);
-      gemm_nt<T>(m, n, d, scale, q.rows(r0, h), q.ld, k.rows(c0, h), k.ld, T(0), s, n);
+      gemm_nt<T>(m, n, d, scale, qa, st.q.ld(), st.k.rows(c0, c0 + n, h, vb), st.k.ld(), T(0), s, n);
       mask_scores(s, n, tile, reach, P, c0);
       for (int64_t i = 0; i < m; ++i) {
         T* row = s + i * n;
@@ -257,7 +291,7 @@ void forward_kernel(const Tensor& q_, const Tensor& k_, const Tensor& v_, const 
           for (int64_t j = 0; j < d; ++j) o[i * d + j] *= factor;
         }
       }
-      gemm_nn<T>(m, d, n, T(1), s, n, v.rows(c0, h), v.ld, T(1), o, d);
+      gemm_nn<T>(m, d, n, T(1), s, n, st.v.rows(c0, c0 + n, h, vb), st.v.ld(), T(1), o, d);
     }
     for (int64_t i = 0; i < m; ++i) {
       store_rows(o + i * d, 1, d, row_l[i] > 0 ? T(1) / row_l[i] : T(0), out_p + (r0 + i) * H * d + h * d, H * d);
@@ -270,25 +304,25 @@ std::tuple<Tensor, Tensor> local_frame_attention_cpu(const Tensor& q, const Tens
                                                      const Tensor& cu_seqlens, int64_t tokens_per_frame,
                                                      int64_t window, bool causal, double scale) {
   const Tensor cu = check_attention_inputs(q, k, v, cu_seqlens, tokens_per_frame, window);
-  Tensor out = empty_acc_tokens(q);
-  Tensor lse = at::empty({q.size(1), q.size(0)}, q.options().dtype(acc_type(q)));
+  Tensor out = empty_tokens(q);
+  Tensor lse = at::empty({q.size(1), q.size(0)}, q.options().dtype(lse_dtype(q.scalar_type())));
   if (q.numel() > 0) {
     const auto tiles = frame_tiles(cu.data_ptr<int64_t>(), cu.numel() - 1, tokens_per_frame);
-    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "local_frame_attention_cpu", [&] {
-      forward_kernel<scalar_t>(as_acc(q), as_acc(k), as_acc(v), tiles, tokens_per_frame, query_reach(window, causal),
-                               scale, out, lse);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "local_frame_attention_cpu", [&] {
+      forward_kernel<scalar_t>(rows_view(q), rows_view(k), rows_view(v), tiles, tokens_per_frame,
+                               query_reach(window, causal), scale, out, lse);
     });
   }
-  return {out.to(q.scalar_type()), lse};
+  return {out, lse};
 }
 
 // ---- backward ---------------------------------------------------------------------------
 
-template <typename T>
+template <typename S>
 void backward_kernel(const Tensor& grad_out_, const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& lse_,
                      const Tensor& grad_lse_, const std::vector<Tile>& tiles, int64_t P, int64_t window, bool causal,
                      double scale_, Tensor& dq, Tensor& dk, Tensor& dv) {
-  const auto q = operand<T>(q_), k = operand<T>(k_), v = operand<T>(v_), go = operand<T>(grad_out_);
+  using T = at::opmath_type<S>;
   const int64_t T_ = q_.size(0), H = q_.size(1), d = q_.size(2);
   const int64_t max_rows = std::max<int64_t>(1, kTileRows / P) * P, kb = chunk_cols(max_rows);
   const T scale = static_cast<T>(scale_);
@@ -296,66 +330,81 @@ void backward_kernel(const Tensor& grad_out_, const Tensor& q_, const Tensor& k_
   const T* grad_lse = grad_lse_.defined() ? grad_lse_.const_data_ptr<T>() : nullptr;
   Tensor delta_ = at::empty_like(lse_);  // [H, T], written by the dq pass
   T* delta = delta_.data_ptr<T>();
-  const int64_t scratch = max_rows * (2 * kb + 2 * d + 1);
+  struct State {
+    std::vector<T> buf;
+    RowReader<S> q, k, v, go;
+  };
+  auto make_state = [&] {
+    return State{std::vector<T>(max_rows * (2 * kb + 2 * d + 1)), RowReader<S>(q_), RowReader<S>(k_),
+                 RowReader<S>(v_), RowReader<S>(grad_out_)};
+  };
 
   // dq over (query tile, head). With dS = P * (dP - delta) and delta_i = sum_j P_ij dP_ij
   // (= <dO_i, O_i> for the exact output O, which a rounded bf16 `out` is not), one sweep gives
   // dq = scale * ((P * dP) K - delta P K) and delta, which the dk/dv pass reads.
   const FrameReach qr = query_reach(window, causal);
-  T* dq_p = dq.data_ptr<T>();
-  for_each_tile_head<T>(tiles, H, scratch, [&](const Tile& tile, int64_t h, T* buf) {
-    const int64_t r0 = tile.f0 * P, m = (tile.f1 - tile.f0) * P;
-    T* s = buf;              // probabilities [m, kb]
+  S* dq_p = dq.data_ptr<S>();
+  for_each_tile_head(tiles, H, make_state, [&](const Tile& tile, int64_t h, State& st) {
+    const int64_t r0 = tile.f0 * P, m = (tile.f1 - tile.f0) * P, vb = tile.v0 * P;
+    T* s = st.buf.data();    // probabilities [m, kb]
     T* dp = s + m * kb;      // dP, then P * dP [m, kb]
     T* acc = dp + m * kb;    // (P * dP) K [m, d]
     T* pk = acc + m * d;     // P K [m, d]
     T* row_delta = pk + m * d;
     std::fill(acc, acc + 2 * m * d, T(0));
     std::fill(row_delta, row_delta + m, T(0));
+    const T* qa = st.q.rows(r0, r0 + m, h, vb);
+    const T* goa = st.go.rows(r0, r0 + m, h, vb);
     const int64_t c_end = reach_hi(qr, tile.f1 - 1, tile.v1) * P;
     for (int64_t c0 = reach_lo(qr, tile.f0, tile.v0) * P; c0 < c_end; c0 += kb) {
       const int64_t n = std::min(kb, c_end - c0);
-      gemm_nt<T>(m, n, d, scale, q.rows(r0, h), q.ld, k.rows(c0, h), k.ld, T(0), s, n);
+      const T* ka = st.k.rows(c0, c0 + n, h, vb);
+      gemm_nt<T>(m, n, d, scale, qa, st.q.ld(), ka, st.k.ld(), T(0), s, n);
       mask_scores(s, n, tile, qr, P, c0);
       for (int64_t i = 0; i < m; ++i) exp_shift_sum(s + i * n, n, lse[h * T_ + r0 + i]);
-      gemm_nt<T>(m, n, d, T(1), go.rows(r0, h), go.ld, v.rows(c0, h), v.ld, T(0), dp, n);
+      gemm_nt<T>(m, n, d, T(1), goa, st.go.ld(), st.v.rows(c0, c0 + n, h, vb), st.v.ld(), T(0), dp, n);
       for (int64_t i = 0; i < m; ++i) row_delta[i] += mul_sum(s + i * n, dp + i * n, n);
-      gemm_nn<T>(m, d, n, T(1), dp, n, k.rows(c0, h), k.ld, T(1), acc, d);
-      gemm_nn<T>(m, d, n, T(1), s, n, k.rows(c0, h), k.ld, T(1), pk, d);
+      gemm_nn<T>(m, d, n, T(1), dp, n, ka, st.k.ld(), T(1), acc, d);
+      gemm_nn<T>(m, d, n, T(1), s, n, ka, st.k.ld(), T(1), pk, d);
     }
     for (int64_t i = 0; i < m; ++i) {
       const T di = row_delta[i] - (grad_lse != nullptr ? grad_lse[h * T_ + r0 + i] : T(0));
       delta[h * T_ + r0 + i] = di;
-      for (int64_t j = 0; j < d; ++j) dq_p[(r0 + i) * H * d + h * d + j] = scale * (acc[i * d + j] - di * pk[i * d + j]);
+      for (int64_t j = 0; j < d; ++j) acc[i * d + j] -= di * pk[i * d + j];
     }
+    store_rows(acc, m, d, scale, dq_p + r0 * H * d + h * d, H * d);
   });
 
   // dk, dv over (key tile, head), against the queries that see the tile:
   // dv = P^T dO, dS^T = P^T * (V dO^T - delta_col), dk = scale * dS^T Q.
   const FrameReach kr = key_reach(window, causal);
-  T* dk_p = dk.data_ptr<T>();
-  T* dv_p = dv.data_ptr<T>();
-  for_each_tile_head<T>(tiles, H, scratch, [&](const Tile& tile, int64_t h, T* buf) {
+  S* dk_p = dk.data_ptr<S>();
+  S* dv_p = dv.data_ptr<S>();
+  for_each_tile_head(tiles, H, make_state, [&](const Tile& tile, int64_t h, State& st) {
     using Vec = at::vec::Vectorized<T>;
-    const int64_t r0 = tile.f0 * P, m = (tile.f1 - tile.f0) * P;
-    T* s = buf;               // P^T [m, kb]
+    const int64_t r0 = tile.f0 * P, m = (tile.f1 - tile.f0) * P, vb = tile.v0 * P;
+    T* s = st.buf.data();     // P^T [m, kb]
     T* dp = s + m * kb;       // dP^T, then dS^T [m, kb]
     T* dk_acc = dp + m * kb;  // [m, d]
     T* dv_acc = dk_acc + m * d;
     std::fill(dk_acc, dk_acc + 2 * m * d, T(0));
+    const T* ka = st.k.rows(r0, r0 + m, h, vb);
+    const T* va = st.v.rows(r0, r0 + m, h, vb);
     const int64_t c_end = reach_hi(kr, tile.f1 - 1, tile.v1) * P;
     for (int64_t c0 = reach_lo(kr, tile.f0, tile.v0) * P; c0 < c_end; c0 += kb) {
       const int64_t n = std::min(kb, c_end - c0);
       const T* lse_c = lse + h * T_ + c0;
-      gemm_nt<T>(m, n, d, scale, k.rows(r0, h), k.ld, q.rows(c0, h), q.ld, T(0), s, n);
+      const T* qa = st.q.rows(c0, c0 + n, h, vb);
+      const T* goa = st.go.rows(c0, c0 + n, h, vb);
+      gemm_nt<T>(m, n, d, scale, ka, st.k.ld(), qa, st.q.ld(), T(0), s, n);
       mask_scores(s, n, tile, kr, P, c0);
       for (int64_t i = 0; i < m; ++i) {
         at::vec::map2<T>([](Vec x, Vec l) { return (x - l).exp_u20(); }, s + i * n, s + i * n, lse_c, n);
       }
-      gemm_nn<T>(m, d, n, T(1), s, n, go.rows(c0, h), go.ld, T(1), dv_acc, d);
-      gemm_nt<T>(m, n, d, T(1), v.rows(r0, h), v.ld, go.rows(c0, h), go.ld, T(0), dp, n);
+      gemm_nn<T>(m, d, n, T(1), s, n, goa, st.go.ld(), T(1), dv_acc, d);
+      gemm_nt<T>(m, n, d, T(1), va, st.v.ld(), goa, st.go.ld(), T(0), dp, n);
       for (int64_t i = 0; i < m; ++i) softmax_grad_row<T>(s + i * n, dp + i * n, delta + h * T_ + c0, n);
-      gemm_nn<T>(m, d, n, T(1), dp, n, q.rows(c0, h), q.ld, T(1), dk_acc, d);
+      gemm_nn<T>(m, d, n, T(1), dp, n, qa, st.q.ld(), T(1), dk_acc, d);
     }
     store_rows(dk_acc, m, d, scale, dk_p + r0 * H * d + h * d, H * d);
     store_rows(dv_acc, m, d, T(1), dv_p + r0 * H * d + h * d, H * d);
@@ -368,17 +417,16 @@ std::tuple<Tensor, Tensor, Tensor> local_frame_attention_backward_cpu(
     bool causal, double scale) {
   const Tensor cu = check_attention_inputs(q, k, v, cu_seqlens, tokens_per_frame, window);
   check_backward_inputs(q, grad_out, lse, grad_lse);
-  Tensor dq = empty_acc_tokens(q), dk = empty_acc_tokens(q), dv = empty_acc_tokens(q);
+  Tensor dq = empty_tokens(q), dk = empty_tokens(q), dv = empty_tokens(q);
   if (q.numel() > 0) {
     const auto tiles = frame_tiles(cu.data_ptr<int64_t>(), cu.numel() - 1, tokens_per_frame);
-    AT_DISPATCH_FLOATING_TYPES(dq.scalar_type(), "local_frame_attention_backward_cpu", [&] {
-      backward_kernel<scalar_t>(as_acc(grad_out), as_acc(q), as_acc(k), as_acc(v), lse.contiguous(),
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "local_frame_attention_backward_cpu", [&] {
+      backward_kernel<scalar_t>(rows_view(grad_out), rows_view(q), rows_view(k), rows_view(v), lse.contiguous(),
                                 grad_lse.has_value() ? grad_lse->contiguous() : Tensor(), tiles, tokens_per_frame,
                                 window, causal, scale, dq, dk, dv);
     });
   }
-  const auto dtype = q.scalar_type();
-  return {dq.to(dtype), dk.to(dtype), dv.to(dtype)};
+  return {dq, dk, dv};
 }
 
 }  // namespace
