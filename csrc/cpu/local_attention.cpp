@@ -9,8 +9,8 @@
 // need a per-row mask, at the chunks where their rows' ranges differ.
 // Backward (FlashAttention-2 style, probabilities recomputed from the log-sum-exp) runs two
 // passes that each own their outputs, so no atomics: dq over (query tile, head), dk/dv over
-// (key tile, head) with the transposed window. bf16/fp16 operands are converted to fp32 tile by
-// tile and every GEMM runs in fp32 (fp64 for fp64 inputs).
+// (key tile, head) with the transposed window. Every GEMM runs in fp32 (fp64 for fp64 inputs);
+// bf16/fp16 rows are converted once per (video, head) per thread (RowReader).
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -34,14 +34,14 @@ using at::Tensor;
 constexpr int64_t kTileRows = 64;          // frames smaller than this are grouped into one tile
 constexpr int64_t kScoreElems = 64 * 1024;  // score tile size: rows * kb
 
-// ---- row-major GEMMs on top of the column-major BLAS ------------------------------------
-
 }  // namespace
 }  // namespace flowception
 
+// ---- row-major GEMMs on top of the column-major BLAS ------------------------------------
+
 // The BLAS torch links (MKL or OpenBLAS) exports the Fortran GEMMs, but libtorch keeps its own
 // at::native::cpublas::gemm overloads that call them private. Weak, so a torch built without a
-// BLAS still loads the extension and falls back to ATen's portable GEMM kernel.
+// BLAS still loads the extension (and computes the same products through at::mm).
 extern "C" {
 __attribute__((weak)) void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
                                   const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
