@@ -37,10 +37,11 @@ inline at::Tensor check_attention_inputs(const at::Tensor& q, const at::Tensor& 
   return check_cu_seqlens(cu_seqlens, q.size(0) / tokens_per_frame, q);
 }
 
-// The extra tensors of the backward: grad_out like q, lse (and grad_lse) [H, T].
-inline void check_backward_inputs(const at::Tensor& q, const at::Tensor& grad_out, const at::Tensor& lse,
-                                  const c10::optional<at::Tensor>& grad_lse) {
+// The extra tensors of the backward: grad_out (and out) like q, lse (and grad_lse) [H, T].
+inline void check_backward_inputs(const at::Tensor& q, const at::Tensor& grad_out, const c10::optional<at::Tensor>& out,
+                                  const at::Tensor& lse, const c10::optional<at::Tensor>& grad_lse) {
   check_like_q(q, grad_out, "grad_out");
+  if (out.has_value()) check_like_q(q, *out, "out");
   const at::ScalarType acc = lse_dtype(q.scalar_type());
   for (const at::Tensor* t : {&lse, grad_lse.has_value() ? &*grad_lse : nullptr}) {
     if (t == nullptr) continue;

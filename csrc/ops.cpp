@@ -20,9 +20,11 @@ TORCH_LIBRARY(flowception, m) {
   m.def(
       "local_frame_attention(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, int tokens_per_frame,"
       " int window, bool causal, float scale) -> (Tensor, Tensor)");
-  // Its backward (recomputes from lse; grad_lse may be None). Returns (dq, dk, dv).
+  // Its backward (recomputes from lse; grad_lse may be None; out gives the softmax delta
+  // <grad_out, out> directly, None computes it exactly, for rounded bf16/fp16 outputs).
+  // Returns (dq, dk, dv).
   m.def(
-      "local_frame_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor lse,"
+      "local_frame_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? out, Tensor lse,"
       " Tensor? grad_lse, Tensor cu_seqlens, int tokens_per_frame, int window, bool causal, float scale)"
       " -> (Tensor, Tensor, Tensor)");
 }

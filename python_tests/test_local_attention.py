@@ -105,6 +105,20 @@ def test_lse_matches_reference_and_is_differentiable(causal):
 
 
 @requires_extension
+@pytest.mark.parametrize("P, window", [(5, 1), (1, 3)])
+def test_backward_delta_from_out_equals_exact_delta(P, window):
+    """The backward takes the softmax delta from `out` (fp32/fp64) or computes it from P * dP."""
+    q, k, v, cu = make_case([3, 0, 4], P, 2, 16, torch.float64)
+    out, lse = local_frame_attention(q, k, v, cu, P, window, 0.25)
+    g, g_lse = torch.randn_like(q), torch.randn_like(lse)
+    backward = torch.ops.flowception.local_frame_attention_backward
+    from_out = backward(g, q, k, v, out, lse, g_lse, cu, P, window, False, 0.25)
+    exact = backward(g, q, k, v, None, lse, g_lse, cu, P, window, False, 0.25)
+    for a, b in zip(from_out, exact):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@requires_extension
 def test_lse_dtype():
     q, k, v, cu = make_case([2], 3, 2, 16, torch.bfloat16)
     out, lse = local_frame_attention(q, k, v, cu, 3)

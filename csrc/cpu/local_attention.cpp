@@ -126,6 +126,13 @@ void softmax_grad_row(const T* p, T* dp, const T* delta, int64_t n) {
   at::vec::map3<T>([](Vec a, Vec b, Vec c) { return a * (b - c); }, dp, p, dp, delta, n);
 }
 
+// dp <- p * (dp - delta), one delta for the row.
+template <typename T>
+void softmax_grad_row(const T* p, T* dp, T delta, int64_t n) {
+  using Vec = at::vec::Vectorized<T>;
+  at::vec::map2<T>([delta](Vec a, Vec b) { return a * (b - Vec(delta)); }, dp, p, dp, n);
+}
+
 // dp <- p * dp in place; returns the sum.
 template <typename T>
 T mul_sum(const T* p, T* dp, int64_t n) {
@@ -319,7 +326,8 @@ std::tuple<Tensor, Tensor> local_frame_attention_cpu(const Tensor& q, const Tens
 // ---- backward ---------------------------------------------------------------------------
 
 template <typename S>
-void backward_kernel(const Tensor& grad_out_, const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& lse_,
+void backward_kernel(const Tensor& grad_out_, const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& out_,
+                     const Tensor& lse_,
                      const Tensor& grad_lse_, const std::vector<Tile>& tiles, int64_t P, int64_t window, bool causal,
                      double scale_, Tensor& dq, Tensor& dk, Tensor& dv) {
   using T = at::opmath_type<S>;
@@ -339,22 +347,31 @@ void backward_kernel(const Tensor& grad_out_, const Tensor& q_, const Tensor& k_
                  RowReader<S>(v_), RowReader<S>(grad_out_)};
   };
 
-  // dq over (query tile, head). With dS = P * (dP - delta) and delta_i = sum_j P_ij dP_ij
-  // (= <dO_i, O_i> for the exact output O, which a rounded bf16 `out` is not), one sweep gives
-  // dq = scale * ((P * dP) K - delta P K) and delta, which the dk/dv pass reads.
+  // dq over (query tile, head): dS = P * (dP - delta), dq = scale * dS K. delta_i = <dO_i, O_i>
+  // - grad_lse_i from `out` when given; else exactly as sum_j P_ij dP_ij (a bf16 `out` is
+  // rounded too coarsely), in the same sweep: dq = scale * ((P * dP) K - delta P K).
+  // The dk/dv pass reads delta.
   const FrameReach qr = query_reach(window, causal);
+  const bool delta_from_out = out_.defined();
   S* dq_p = dq.data_ptr<S>();
   for_each_tile_head(tiles, H, make_state, [&](const Tile& tile, int64_t h, State& st) {
     const int64_t r0 = tile.f0 * P, m = (tile.f1 - tile.f0) * P, vb = tile.v0 * P;
     T* s = st.buf.data();    // probabilities [m, kb]
-    T* dp = s + m * kb;      // dP, then P * dP [m, kb]
-    T* acc = dp + m * kb;    // (P * dP) K [m, d]
+    T* dp = s + m * kb;      // dP, then dS or P * dP [m, kb]
+    T* acc = dp + m * kb;    // dS K or (P * dP) K [m, d]
     T* pk = acc + m * d;     // P K [m, d]
     T* row_delta = pk + m * d;
     std::fill(acc, acc + 2 * m * d, T(0));
-    std::fill(row_delta, row_delta + m, T(0));
     const T* qa = st.q.rows(r0, r0 + m, h, vb);
     const T* goa = st.go.rows(r0, r0 + m, h, vb);
+    for (int64_t i = 0; i < m; ++i) {
+      T sum = grad_lse != nullptr ? -grad_lse[h * T_ + r0 + i] : T(0);
+      if (delta_from_out) {
+        const S* o = out_.const_data_ptr<S>() + (r0 + i) * out_.stride(0) + h * out_.stride(1);
+        for (int64_t j = 0; j < d; ++j) sum += goa[i * st.go.ld() + j] * static_cast<T>(o[j]);
+      }
+      row_delta[i] = sum;
+    }
     const int64_t c_end = reach_hi(qr, tile.f1 - 1, tile.v1) * P;
     for (int64_t c0 = reach_lo(qr, tile.f0, tile.v0) * P; c0 < c_end; c0 += kb) {
       const int64_t n = std::min(kb, c_end - c0);
@@ -363,14 +380,18 @@ void backward_kernel(const Tensor& grad_out_, const Tensor& q_, const Tensor& k_
       mask_scores(s, n, tile, qr, P, c0);
       for (int64_t i = 0; i < m; ++i) exp_shift_sum(s + i * n, n, lse[h * T_ + r0 + i]);
       gemm_nt<T>(m, n, d, T(1), goa, st.go.ld(), st.v.rows(c0, c0 + n, h, vb), st.v.ld(), T(0), dp, n);
-      for (int64_t i = 0; i < m; ++i) row_delta[i] += mul_sum(s + i * n, dp + i * n, n);
+      if (delta_from_out) {
+        for (int64_t i = 0; i < m; ++i) softmax_grad_row<T>(s + i * n, dp + i * n, row_delta[i], n);
+      } else {
+        for (int64_t i = 0; i < m; ++i) row_delta[i] += mul_sum(s + i * n, dp + i * n, n);
+        gemm_nn<T>(m, d, n, T(1), s, n, ka, st.k.ld(), T(1), pk, d);
+      }
       gemm_nn<T>(m, d, n, T(1), dp, n, ka, st.k.ld(), T(1), acc, d);
-      gemm_nn<T>(m, d, n, T(1), s, n, ka, st.k.ld(), T(1), pk, d);
     }
     for (int64_t i = 0; i < m; ++i) {
-      const T di = row_delta[i] - (grad_lse != nullptr ? grad_lse[h * T_ + r0 + i] : T(0));
-      delta[h * T_ + r0 + i] = di;
-      for (int64_t j = 0; j < d; ++j) acc[i * d + j] -= di * pk[i * d + j];
+      delta[h * T_ + r0 + i] = row_delta[i];
+      if (delta_from_out) continue;
+      for (int64_t j = 0; j < d; ++j) acc[i * d + j] -= row_delta[i] * pk[i * d + j];
     }
     store_rows(acc, m, d, scale, dq_p + r0 * H * d + h * d, H * d);
   });
@@ -412,16 +433,17 @@ void backward_kernel(const Tensor& grad_out_, const Tensor& q_, const Tensor& k_
 }
 
 std::tuple<Tensor, Tensor, Tensor> local_frame_attention_backward_cpu(
-    const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& lse,
-    const c10::optional<Tensor>& grad_lse, const Tensor& cu_seqlens, int64_t tokens_per_frame, int64_t window,
-    bool causal, double scale) {
+    const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v, const c10::optional<Tensor>& out,
+    const Tensor& lse, const c10::optional<Tensor>& grad_lse, const Tensor& cu_seqlens, int64_t tokens_per_frame,
+    int64_t window, bool causal, double scale) {
   const Tensor cu = check_attention_inputs(q, k, v, cu_seqlens, tokens_per_frame, window);
-  check_backward_inputs(q, grad_out, lse, grad_lse);
+  check_backward_inputs(q, grad_out, out, lse, grad_lse);
   Tensor dq = empty_tokens(q), dk = empty_tokens(q), dv = empty_tokens(q);
   if (q.numel() > 0) {
     const auto tiles = frame_tiles(cu.data_ptr<int64_t>(), cu.numel() - 1, tokens_per_frame);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "local_frame_attention_backward_cpu", [&] {
-      backward_kernel<scalar_t>(rows_view(grad_out), rows_view(q), rows_view(k), rows_view(v), lse.contiguous(),
+      backward_kernel<scalar_t>(rows_view(grad_out), rows_view(q), rows_view(k), rows_view(v),
+                                out.has_value() ? rows_view(*out) : Tensor(), lse.contiguous(),
                                 grad_lse.has_value() ? grad_lse->contiguous() : Tensor(), tiles, tokens_per_frame,
                                 window, causal, scale, dq, dk, dv);
     });

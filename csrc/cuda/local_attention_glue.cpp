@@ -57,12 +57,13 @@ std::tuple<Tensor, Tensor> local_frame_attention_cuda(const Tensor& q, const Ten
 }
 
 std::tuple<Tensor, Tensor, Tensor> local_frame_attention_backward_cuda(
-    const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& lse,
-    const c10::optional<Tensor>& grad_lse, const Tensor& cu_seqlens, int64_t tokens_per_frame, int64_t window,
-    bool causal, double scale) {
+    const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v, const c10::optional<Tensor>& out,
+    const Tensor& lse, const c10::optional<Tensor>& grad_lse, const Tensor& cu_seqlens, int64_t tokens_per_frame,
+    int64_t window, bool causal, double scale) {
+  // The CUDA kernels always compute the softmax delta exactly (sum_j P_ij dP_ij); `out` is only checked.
   std::vector<Tensor> keep;
   const cuda::AttentionProblem p = make_problem(q, k, v, cu_seqlens, tokens_per_frame, window, causal, scale, keep);
-  check_backward_inputs(q, grad_out, lse, grad_lse);
+  check_backward_inputs(q, grad_out, out, lse, grad_lse);
   const c10::cuda::CUDAGuard guard(q.device());
   const Tensor go = grad_out.contiguous(), lse_c = lse.contiguous();
   const Tensor gl = grad_lse.has_value() ? grad_lse->contiguous() : Tensor();

@@ -79,22 +79,24 @@ def _fake(q, k, v, cu_seqlens, tokens_per_frame, window, causal, scale):
     return out, q.new_empty((q.shape[1], q.shape[0]), dtype=_lse_dtype(q.dtype))
 
 
-def _backward_fake(grad_out, q, k, v, lse, grad_lse, cu_seqlens, tokens_per_frame, window, causal, scale):
+def _backward_fake(grad_out, q, k, v, out, lse, grad_lse, cu_seqlens, tokens_per_frame, window, causal, scale):
     return tuple(torch.empty_like(q, memory_format=torch.contiguous_format) for _ in range(3))
 
 
 def _setup(ctx, inputs, output):
     q, k, v, cu_seqlens, tokens_per_frame, window, causal, scale = inputs
     ctx.args = (tokens_per_frame, window, causal, scale)
-    ctx.save_for_backward(q, k, v, output[1], cu_seqlens)
+    # the backward takes the softmax delta from out when out is exact enough (fp32/fp64)
+    exact_out = output[0] if q.dtype in (torch.float32, torch.float64) else None
+    ctx.save_for_backward(q, k, v, exact_out, output[1], cu_seqlens)
 
 
 def _backward(ctx, grad_out, grad_lse):
-    q, k, v, lse, cu_seqlens = ctx.saved_tensors
+    q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
     if grad_out is None:
         grad_out = torch.zeros_like(q)
     dq, dk, dv = torch.ops.flowception.local_frame_attention_backward(
-        grad_out, q, k, v, lse, grad_lse, cu_seqlens, *ctx.args
+        grad_out, q, k, v, out, lse, grad_lse, cu_seqlens, *ctx.args
     )
     return dq, dk, dv, None, None, None, None, None
 
@@ -103,7 +105,7 @@ def _flops(q, k, v, cu_seqlens, tokens_per_frame, window, causal, scale, *args, 
     return local_frame_attention_flops(cu_seqlens, tokens_per_frame, window, q.shape[1], q.shape[2], causal)
 
 
-def _backward_flops(grad_out, q, k, v, lse, grad_lse, cu_seqlens, tokens_per_frame, window, causal, scale,
+def _backward_flops(grad_out, q, k, v, out, lse, grad_lse, cu_seqlens, tokens_per_frame, window, causal, scale,
                     *args, **kwargs) -> int:
     # dV, dP, dQ, dK: twice the forward's matmuls (the recomputation of S is not counted)
     return 2 * local_frame_attention_flops(cu_seqlens, tokens_per_frame, window, q.shape[1], q.shape[2], causal)
