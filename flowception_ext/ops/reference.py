@@ -17,9 +17,6 @@ __all__ = [
     "ragged_insert_ref",
     "ragged_strip_ref",
     "check_ragged_args",
-    "local_frame_mask",
-    "local_frame_attention_ref",
-    "check_local_attention_args",
 ]
 
 _MASK32 = 0xFFFFFFFF
@@ -156,6 +153,8 @@ def ragged_strip_ref(frames: Tensor, cu_seqlens: Tensor, keep: Tensor, total_kep
 
 
 # ---- Local frame attention ---------------------------------------------------------------
+
+__all__ += ["local_frame_mask", "local_frame_attention_ref", "check_local_attention_args"]
 
 
 def local_frame_mask(
