@@ -9,13 +9,16 @@
 // need a per-row mask, at the chunks where their rows' ranges differ.
 // Backward (FlashAttention-2 style, probabilities recomputed from the log-sum-exp) runs two
 // passes that each own their outputs, so no atomics: dq over (query tile, head), dk/dv over
-// (key tile, head) with the transposed window. Every GEMM runs in fp32 (fp64 for fp64 inputs);
-// bf16/fp16 rows are converted once per (video, head) per thread (RowReader).
+// (key tile, head) with the transposed window. GEMMs run in fp32 (fp64 for fp64 inputs);
+// bf16/fp16 rows are converted once per (video, head) per thread (RowReader). Exception: the
+// bf16 forward with frames of more than 32 tokens runs bf16 GEMMs on AMX (forward_bf16_amx)
+// when the CPU has them.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
+#include <ATen/native/CPUBlas.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -307,6 +310,109 @@ void forward_kernel(const Tensor& q_, const Tensor& k_, const Tensor& v_, const 
   });
 }
 
+// ---- bf16 forward on AMX tiles ------------------------------------------------------------
+
+// oneDNN's brgemm ukernel packs B (row-major [K, N], K even) into the VNNI layout in column
+// blocks of at most kPackCols (N a multiple of 16); block c sits at dst + K * c.
+constexpr int64_t kPackCols = 64;
+
+void pack_bf16(int64_t K, int64_t N, const at::BFloat16* src, at::BFloat16* dst) {
+  std::vector<at::BFloat16> block(K * kPackCols);
+  for (int64_t c = 0; c < N; c += kPackCols) {
+    const int64_t w = std::min(kPackCols, N - c);
+    for (int64_t r = 0; r < K; ++r) std::copy(src + r * N + c, src + r * N + c + w, block.data() + r * w);
+    at::native::cpublas::pack(K, w, w, w, at::kBFloat16, at::kBFloat16, block.data(), dst + K * c);
+  }
+}
+
+// C[M, N] (+)= A[M, K] B with B packed by pack_bf16; fp32 accumulation.
+void brgemm_bf16(int64_t M, int64_t N, int64_t K, const at::BFloat16* a, int64_t lda, const at::BFloat16* b_packed,
+                 float* c, int64_t ldc, bool add) {
+  for (int64_t j = 0; j < N; j += kPackCols) {
+    at::native::cpublas::brgemm(M, std::min(kPackCols, N - j), K, lda, std::min(kPackCols, N - j), ldc, add, a,
+                                b_packed + K * j, c + j, true);
+  }
+}
+
+// K^T and V of every (frame, head) are packed once (O(T) memory, frames padded to Pp tokens,
+// a multiple of 16); then per one-frame tile and key frame, S = Q K^T and O += P V are bf16
+// GEMMs with fp32 accumulation (P rounded to bf16, as flash attention does).
+void forward_bf16_amx(const Tensor& q_, const Tensor& k_, const Tensor& v_, const std::vector<Tile>& tiles, int64_t P,
+                      FrameReach reach, double scale_, Tensor& out, Tensor& lse) {
+  using S = at::BFloat16;
+  using Vec = at::vec::Vectorized<float>;
+  const int64_t T_ = q_.size(0), H = q_.size(1), d = q_.size(2), frames = T_ / P;
+  const int64_t Pp = (P + 15) / 16 * 16;
+  const int64_t block = d * Pp;  // elements of one packed (frame, head) matrix
+  std::vector<S> k_packed(frames * H * block), v_packed(frames * H * block);
+  const S* k = k_.const_data_ptr<S>();
+  const S* v = v_.const_data_ptr<S>();
+  at::parallel_for(0, frames * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<S> tmp(block, S(0));  // padding tokens stay 0
+    for (int64_t w = begin; w < end; ++w) {
+      const int64_t g = w / H, h = w % H;
+      for (int64_t j = 0; j < P; ++j) {  // K^T [d, Pp]
+        const S* row = k + (g * P + j) * k_.stride(0) + h * k_.stride(1);
+        for (int64_t e = 0; e < d; ++e) tmp[e * Pp + j] = row[e];
+      }
+      pack_bf16(d, Pp, tmp.data(), k_packed.data() + w * block);
+      for (int64_t j = 0; j < P; ++j) {  // V [Pp, d]
+        std::copy_n(v + (g * P + j) * v_.stride(0) + h * v_.stride(1), d, tmp.data() + j * d);
+      }
+      pack_bf16(Pp, d, tmp.data(), v_packed.data() + w * block);
+    }
+  });
+
+  const int64_t fc = std::max<int64_t>(1, chunk_cols(P) / Pp);  // key frames per chunk
+  const float scale = static_cast<float>(scale_);
+  const S* q = q_.const_data_ptr<S>();
+  S* out_p = out.data_ptr<S>();
+  float* lse_p = lse.data_ptr<float>();
+  const int64_t n_tiles = static_cast<int64_t>(tiles.size());
+  at::parallel_for(0, n_tiles * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf(P * (fc * Pp + d + 2));
+    std::vector<S> p_bf16(P * fc * Pp);
+    for (int64_t w = begin; w < end; ++w) {
+      const Tile& tile = tiles[w % n_tiles];
+      const int64_t h = w / n_tiles, r0 = tile.f0 * P, m = P;
+      float* s = buf.data();
+      float* o = s + m * fc * Pp;
+      float* row_m = o + m * d;
+      float* row_l = row_m + m;
+      std::fill(o, o + m * d, 0.f);
+      std::fill(row_m, row_m + m, -std::numeric_limits<float>::infinity());
+      std::fill(row_l, row_l + m, 0.f);
+      const S* qa = q + r0 * q_.stride(0) + h * q_.stride(1);
+      const int64_t g_end = reach_hi(reach, tile.f0, tile.v1);
+      for (int64_t g0 = reach_lo(reach, tile.f0, tile.v0); g0 < g_end; g0 += fc) {
+        const int64_t nf = std::min(fc, g_end - g0), n = nf * Pp;
+        for (int64_t g = g0; g < g0 + nf; ++g) {
+          brgemm_bf16(m, Pp, d, qa, q_.stride(0), k_packed.data() + (g * H + h) * block, s + (g - g0) * Pp, n, false);
+        }
+        for (int64_t i = 0; i < m; ++i) {
+          float* row = s + i * n;
+          at::vec::map<float>([scale](Vec x) { return x * Vec(scale); }, row, row, n);
+          for (int64_t f = 0; f < nf; ++f) std::fill(row + f * Pp + P, row + (f + 1) * Pp, -std::numeric_limits<float>::infinity());
+          const float factor = online_softmax_update(row_m[i], row_max(row, n));
+          row_l[i] = row_l[i] * factor + exp_shift_sum(row, n, softmax_shift(row_m[i]));
+          if (factor != 1.f) {
+            for (int64_t j = 0; j < d; ++j) o[i * d + j] *= factor;
+          }
+          at::vec::convert(row, p_bf16.data() + i * n, n);
+        }
+        for (int64_t g = g0; g < g0 + nf; ++g) {
+          brgemm_bf16(m, d, Pp, p_bf16.data() + (g - g0) * Pp, n, v_packed.data() + (g * H + h) * block, o, d, true);
+        }
+      }
+      for (int64_t i = 0; i < m; ++i) {
+        store_rows(o + i * d, 1, d, row_l[i] > 0 ? 1.f / row_l[i] : 0.f, out_p + (r0 + i) * H * d + h * d, H * d);
+        lse_p[h * T_ + r0 + i] = softmax_lse(row_m[i], row_l[i]);
+      }
+    }
+    at::native::cpublas::brgemm_release(true);
+  });
+}
+
 std::tuple<Tensor, Tensor> local_frame_attention_cpu(const Tensor& q, const Tensor& k, const Tensor& v,
                                                      const Tensor& cu_seqlens, int64_t tokens_per_frame,
                                                      int64_t window, bool causal, double scale) {
@@ -315,10 +421,16 @@ std::tuple<Tensor, Tensor> local_frame_attention_cpu(const Tensor& q, const Tens
   Tensor lse = at::empty({q.size(1), q.size(0)}, q.options().dtype(lse_dtype(q.scalar_type())));
   if (q.numel() > 0) {
     const auto tiles = frame_tiles(cu.data_ptr<int64_t>(), cu.numel() - 1, tokens_per_frame);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "local_frame_attention_cpu", [&] {
-      forward_kernel<scalar_t>(rows_view(q), rows_view(k), rows_view(v), tiles, tokens_per_frame,
-                               query_reach(window, causal), scale, out, lse);
-    });
+    if (q.scalar_type() == at::kBFloat16 && tokens_per_frame > kTileRows / 2 &&
+        at::native::cpublas::could_pack(at::kBFloat16)) {
+      forward_bf16_amx(rows_view(q), rows_view(k), rows_view(v), tiles, tokens_per_frame, query_reach(window, causal),
+                       scale, out, lse);
+    } else {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "local_frame_attention_cpu", [&] {
+        forward_kernel<scalar_t>(rows_view(q), rows_view(k), rows_view(v), tiles, tokens_per_frame,
+                                 query_reach(window, causal), scale, out, lse);
+      });
+    }
   }
   return {out, lse};
 }
