@@ -33,6 +33,19 @@ TORCH_LIBRARY(flowception, m) {
   m.def("gated_residual_adaln_backward(Tensor grad_x_new, Tensor grad_y, Tensor x_new, Tensor h, Tensor gate,"
         " Tensor scale, Tensor mean, Tensor rstd, int tokens_per_frame)"
         " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Attention of packed tokens [T, H, d] within each video (cu_seqlens in frames of
+  // tokens_per_frame tokens): frame f sees frames g with |f - g| <= window (-1: all), and
+  // g <= f when causal. Returns (out [T, H, d], lse [H, T] float32, float64 for float64 inputs).
+  m.def(
+      "local_frame_attention(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, int tokens_per_frame,"
+      " int window, bool causal, float scale) -> (Tensor, Tensor)");
+  // Its backward (recomputes from lse; grad_lse may be None; out gives the softmax delta
+  // <grad_out, out> directly, None computes it exactly, for rounded bf16/fp16 outputs).
+  // Returns (dq, dk, dv).
+  m.def(
+      "local_frame_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? out, Tensor lse,"
+      " Tensor? grad_lse, Tensor cu_seqlens, int tokens_per_frame, int window, bool causal, float scale)"
+      " -> (Tensor, Tensor, Tensor)");
 }
 
 namespace {

@@ -69,33 +69,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2)
 
 
-# ---- attention ------------------------------------------------------------------------------
-
-
-def frame_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, tokens_per_frame: int, window: int,
-                    causal: bool) -> Tensor:
-    """Attention of packed tokens ``[T, H, d]`` inside each video, within ``±window`` frames
-    (``-1`` = all) and optionally frame-causal. Returns ``[T, H, d]``."""
-    out = torch.empty_like(q)
-    lengths = cu_seqlens.diff().tolist()
-    start = 0
-    for n in lengths:
-        if n == 0:
-            continue
-        sl = slice(start * tokens_per_frame, (start + n) * tokens_per_frame)
-        frame = torch.arange(n, device=q.device).repeat_interleave(tokens_per_frame)
-        dist = frame[:, None] - frame[None, :]
-        allowed = torch.ones_like(dist, dtype=torch.bool)
-        if window >= 0:
-            allowed &= dist.abs() <= window
-        if causal:
-            allowed &= dist >= 0
-        mask = None if bool(allowed.all()) else allowed
-        o = F.scaled_dot_product_attention(q[sl].transpose(0, 1), k[sl].transpose(0, 1), v[sl].transpose(0, 1),
-                                           attn_mask=mask)
-        out[sl] = o.transpose(0, 1)
-        start += n
-    return out
+# ---- key/value cache for frame-causal generation ----------------------------------------------
 
 
 class LayerCache:
@@ -171,7 +145,8 @@ class DiTBlock(nn.Module):
         q, k, v = self.qkv(h).unflatten(-1, (3, self.num_heads, -1)).unbind(1)  # (T, H, d) each
         q, k = apply_rope(q, *rope).to(v.dtype), apply_rope(k, *rope).to(v.dtype)
         if cache is None:
-            a = frame_attention(q, k, v, **attn).flatten(1)  # (T, D)
+            a = ops.local_frame_attention(q, k, v, attn["cu_seqlens"], p, attn["window"], causal=attn["causal"])[0]
+            a = a.flatten(1)  # (T, D)
         else:
             a = cache.attend(q, k, v, p, attn["window"]).flatten(1)
         x, h = ops.gated_residual_adaln(x, self.proj(a), gate1, shift2, scale2, p, self.eps)

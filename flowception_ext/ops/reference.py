@@ -236,3 +236,75 @@ def gated_residual_adaln_ref(
     """``x_new = gated_residual(x, h, gate)`` and ``adaln_modulate(x_new, shift, scale)``: ``(x_new, y)``."""
     x_new = gated_residual_ref(x, h, gate, tokens_per_frame)
     return x_new, adaln_modulate_ref(x_new, shift, scale, tokens_per_frame, eps)
+# ---- Local frame attention ---------------------------------------------------------------
+
+__all__ += ["local_frame_mask", "local_frame_attention_ref", "check_local_attention_args"]
+
+
+def local_frame_mask(
+    num_frames: int, tokens_per_frame: int, window: int, causal: bool = False, device: torch.device | str | None = None
+) -> Tensor:
+    """Dense bool mask ``[n*P, n*P]`` of one video (True = attend): frame ``f`` sees frame ``g``
+    when ``|f - g| <= window`` (``window = -1``: always) and, if ``causal``, ``g <= f``."""
+    f = torch.arange(num_frames, device=device)
+    diff = f.view(-1, 1) - f.view(1, -1)  # f - g
+    allowed = torch.ones_like(diff, dtype=torch.bool) if window < 0 else diff.abs() <= window
+    if causal:
+        allowed &= diff >= 0
+    return allowed.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)
+
+
+def check_local_attention_args(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, tokens_per_frame: int, window: int) -> None:
+    """The argument checks of ``local_frame_attention``, with the kernel's messages."""
+    if q.dim() != 3:
+        raise ValueError(f"q must be a 3-D tensor [T, H, d], got shape {tuple(q.shape)}")
+    if q.dtype not in _FLOATING:
+        raise TypeError(f"q must be float32, float64, float16 or bfloat16, got {q.dtype}")
+    for name, t in (("k", k), ("v", v)):
+        if t.shape != q.shape:
+            raise ValueError(f"{name} must have the shape of q {tuple(q.shape)}, got {tuple(t.shape)}")
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} must have the dtype of q ({q.dtype}), got {t.dtype}")
+    if not 1 <= q.shape[2] <= 256:
+        raise ValueError(f"head dim q.size(2) must be between 1 and 256, got {q.shape[2]}")
+    if tokens_per_frame < 1:
+        raise ValueError(f"tokens_per_frame must be >= 1, got {tokens_per_frame}")
+    if window < -1:
+        raise ValueError(f"window must be >= 0, or -1 for whole videos, got {window}")
+    if q.shape[0] % tokens_per_frame:
+        raise ValueError(
+            f"the number of tokens q.size(0) = {q.shape[0]} must be a multiple of tokens_per_frame = {tokens_per_frame}"
+        )
+    frames = q.new_empty((q.shape[0] // tokens_per_frame, 0))
+    check_ragged_args(frames, cu_seqlens, torch.empty(frames.shape[0], dtype=torch.int64, device=q.device), "unused", torch.int64)
+
+
+def local_frame_attention_ref(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens: Tensor,
+    tokens_per_frame: int,
+    window: int = -1,
+    scale: float | None = None,
+    *,
+    causal: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Attention within each video through a dense block mask per video (explicit math in
+    float32, float64 for float64 inputs). Returns ``(out [T, H, d], lse [H, T])``; differentiable."""
+    check_local_attention_args(q, k, v, cu_seqlens, tokens_per_frame, window)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    outs, lses = [], []
+    cu = cu_seqlens.tolist()
+    for b in range(len(cu) - 1):
+        lo, hi = cu[b] * tokens_per_frame, cu[b + 1] * tokens_per_frame
+        qb, kb, vb = (t[lo:hi].transpose(0, 1).to(acc) for t in (q, k, v))  # (H, n*P, d)
+        mask = local_frame_mask(cu[b + 1] - cu[b], tokens_per_frame, window, causal, q.device)
+        scores = (qb @ kb.transpose(1, 2) * scale).masked_fill(~mask, float("-inf"))
+        lse = torch.logsumexp(scores, dim=-1)  # (H, n*P)
+        outs.append((torch.exp(scores - lse.unsqueeze(-1)) @ vb).transpose(0, 1))
+        lses.append(lse)
+    if not outs:
+        return torch.empty_like(q), q.new_empty((q.shape[1], 0), dtype=acc)
+    return torch.cat(outs).to(q.dtype), torch.cat(lses, dim=1)
