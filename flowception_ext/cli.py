@@ -18,11 +18,13 @@ TASK_CHOICES = ("uncond", "i2v", "interpolate", "extend")
 
 
 def make_dataset(spec: str, num_videos: int = 4096, seed: int = 0):
-    """``toy-coloring``, ``moving-shapes`` or ``folder:PATH`` (tensors, or videos decoded by imageio)."""
+    """``toy-coloring`` (integer strides), ``toy-coloring:rotation`` (the paper's one-turn motion,
+    which tells the length), ``moving-shapes`` or ``folder:PATH`` (tensors, or videos decoded by imageio)."""
     from . import data
 
-    if spec == "toy-coloring":
-        return data.ToyColoring(num_videos=num_videos, seed=seed)
+    if spec in ("toy-coloring", "toy-coloring:stride", "toy-coloring:rotation"):
+        motion = spec.partition(":")[2] or "stride"
+        return data.ToyColoring(num_videos=num_videos, seed=seed, motion=motion)
     if spec == "moving-shapes":
         return data.MovingShapes(num_videos=num_videos, seed=seed)
     if spec.startswith("folder:"):
@@ -35,7 +37,7 @@ def make_dataset(spec: str, num_videos: int = 4096, seed: int = 0):
     raise SystemExit(f"flowception: unknown --dataset {spec!r}; use toy-coloring, moving-shapes or folder:PATH")
 
 
-DEFAULT_PATCH = {"toy-coloring": 1, "moving-shapes": 4}
+DEFAULT_PATCH = {"toy-coloring": 3, "toy-coloring:stride": 3, "toy-coloring:rotation": 3, "moving-shapes": 4}
 
 
 # ---- train ------------------------------------------------------------------------------------
@@ -218,11 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model (or a baseline) on a dataset",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", required=True, help="toy-coloring, moving-shapes or folder:PATH")
+    p.add_argument("--dataset", required=True, help="toy-coloring[:stride|:rotation], moving-shapes or folder:PATH")
     p.add_argument("--num-videos", type=int, default=4096, help="size of a synthetic dataset")
     p.add_argument("--data-seed", type=int, default=0, help="seed of a synthetic dataset")
     p.add_argument("--preset", default="tiny", help="model size: tiny, small, base, large, paper")
-    p.add_argument("--patch-size", type=int, default=None, help="patch side (default: 1 for toy-coloring, 4 for moving-shapes)")
+    p.add_argument("--patch-size", type=int, default=None, help="patch side (default: 3 for toy-coloring, 4 for moving-shapes)")
     p.add_argument("--window", type=int, default=None, help="attention window in frames (default: all frames)")
     p.add_argument("--objective", default="flowception", choices=("flowception", "full_sequence", "autoregressive"))
     p.add_argument("--tasks", type=_tasks, default={"unconditional": 1.0},

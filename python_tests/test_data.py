@@ -440,3 +440,22 @@ def test_sampler_with_dataloader():
     batches = list(loader)
     assert all(isinstance(b, PackedVideos) and b.num_frames <= 100 for b in batches)
     assert sum(b.num_videos for b in batches) == 40
+
+
+def test_toy_rotation_motion_turns_once_and_tells_the_length():
+    ds = ToyColoring(num_videos=60, seed=3, motion="rotation")
+    for i in range(60):
+        video = ds[i]
+        check = ds.check(video)
+        assert check.on_manifold, check.reason
+        # one full turn: the frame after the last would equal the first
+        assert not torch.allclose(video[0], video[1])
+    video = ds[0]
+    assert not ds.check(video[:-3]).frames_ok  # the speed of n frames, cut short: off the manifold
+    assert not ds.check(video[torch.randperm(video.shape[0], generator=torch.Generator().manual_seed(0))]).frames_ok
+    assert not ds.check(torch.cat([video[:5], video[6:]])).frames_ok  # a frame missing
+    noisy = video + 0.03 * torch.randn(video.shape, generator=torch.Generator().manual_seed(1))
+    assert ds.check(noisy).frames_ok
+    assert not ToyColoring(num_videos=5, seed=3).check(video).frames_ok  # stride rules reject it
+    with pytest.raises(ValueError, match="motion"):
+        ToyColoring(motion="spin")

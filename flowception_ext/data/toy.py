@@ -13,10 +13,17 @@ Colours are uniform in ``[-1, 1]^3``; ``c1`` is redrawn until it differs from ``
 ``min_contrast`` in some channel, so the rotation is always visible. Item ``i`` is a function of
 ``(seed, i)`` only.
 
-Differences from the paper's description (which gives no exact recipe): there the centre pixel
-makes one jump between two values and the speed is chosen for an integer number of rotations;
-here the centre is constant and the stride is an integer in {1, 2, 3}, which makes the rules
-exactly checkable frame by frame.
+Two motions:
+
+* ``motion="stride"`` (default): the rotation stride is an integer in {1, 2, 3}, independent of
+  the length — the rules are exactly checkable frame by frame, but nothing in the frames tells
+  how long the video is, so a model must learn the length distribution blind.
+* ``motion="rotation"``: as in the paper, the gradient moves with the constant speed that makes
+  exactly one full turn over the video (``8 / n`` ring pixels per frame, a continuous sawtooth
+  ``c0 + (c1 - c0) k / 8`` at fractional positions), so the motion tells the length — the
+  construction of App. F, where the speed is chosen "to achieve an integer number of rotations".
+
+Both keep the centre constant (the paper's centre pixel makes one jump between two values).
 """
 
 from __future__ import annotations
@@ -40,6 +47,13 @@ _RAMP = np.arange(8) / 7.0  # gradient weight of ring slot k (k = 0 is colour c0
 
 TOY_LENGTHS = (15, 20, 25, 30)
 TOY_STRIDES = (1, 2, 3)
+MOTIONS = ("stride", "rotation")
+
+
+def _sawtooth(offsets: np.ndarray) -> np.ndarray:
+    """Gradient weight ``k / 8`` of each ring pixel when colour ``c0`` sits at (fractional) ring
+    position ``offsets[f]``: ``(n,) -> (n, 8)``."""
+    return ((np.arange(8)[None, :] - offsets[:, None]) % 8) / 8
 
 
 class ToyColoring(VideoDataset):
@@ -53,6 +67,8 @@ class ToyColoring(VideoDataset):
         strides: possible rotation strides, in ring pixels per frame.
         directions: possible rotation directions (+1 clockwise, -1 counter-clockwise).
         min_contrast: least max-channel difference between the gradient's end colours.
+        motion: ``"stride"`` (integer strides, length-independent) or ``"rotation"`` (one full
+            turn over the video: the motion tells the length; see the module docstring).
     """
 
     def __init__(
@@ -64,7 +80,10 @@ class ToyColoring(VideoDataset):
         strides: Sequence[int] = TOY_STRIDES,
         directions: Sequence[int] = (1, -1),
         min_contrast: float = 1.0,
+        motion: str = "stride",
     ) -> None:
+        if motion not in MOTIONS:
+            raise ValueError(f"motion must be one of {MOTIONS}, got {motion!r}")
         if num_videos < 0:
             raise ValueError(f"num_videos must be >= 0, got {num_videos}")
         if not allowed_lengths or min(allowed_lengths) < 1:
@@ -83,6 +102,7 @@ class ToyColoring(VideoDataset):
         self.strides = tuple(strides)
         self.directions = tuple(directions)
         self.min_contrast = float(min_contrast)
+        self.motion = motion
         cdf = np.cumsum(weights / weights.sum())
         u = hash_uniform(seed, 0, np.arange(num_videos))
         pick = np.minimum(np.searchsorted(cdf, u, side="right"), len(cdf) - 1)
@@ -107,18 +127,22 @@ class ToyColoring(VideoDataset):
         centre = rng.uniform(-1, 1, 3)
         offset0 = rng.integers(8)
 
-        offsets = offset0 + stride * np.arange(n)                     # (n,) ring slot of colour c0
-        k = (np.arange(8)[None, :] - offsets[:, None]) % 8            # (n, 8) gradient slot of each ring pixel
-        ring = c0 + (c1 - c0) * _RAMP[k][..., None]                   # (n, 8, 3)
+        if self.motion == "rotation":  # one full turn over the video, at fractional positions
+            offsets = offset0 + rng.uniform(0, 1) + np.sign(stride) * 8.0 * np.arange(n) / n
+            ring = c0 + (c1 - c0) * _sawtooth(offsets)[..., None]      # (n, 8, 3)
+        else:
+            offsets = offset0 + stride * np.arange(n)                 # (n,) ring slot of colour c0
+            k = (np.arange(8)[None, :] - offsets[:, None]) % 8        # (n, 8) gradient slot of each ring pixel
+            ring = c0 + (c1 - c0) * _RAMP[k][..., None]               # (n, 8, 3)
         video = np.empty((n, 3, 3, 3))
         video[:, :, _RING_Y, _RING_X] = ring.transpose(0, 2, 1)
         video[:, :, 1, 1] = centre
         return torch.from_numpy(video).float()
 
     def check(self, video: Tensor, atol: float = 0.1) -> "ManifoldCheck":
-        """:func:`check_manifold` against this dataset's lengths, strides and directions."""
+        """:func:`check_manifold` against this dataset's lengths, strides, directions and motion."""
         return check_manifold(video, atol=atol, allowed_lengths=self.allowed_lengths, strides=self.strides,
-                              directions=self.directions)
+                              directions=self.directions, motion=self.motion)
 
 
 @dataclass(frozen=True)
@@ -149,8 +173,10 @@ def check_manifold(
     allowed_lengths: Sequence[int] = TOY_LENGTHS,
     strides: Sequence[int] = TOY_STRIDES,
     directions: Sequence[int] = (1, -1),
+    motion: str = "stride",
 ) -> ManifoldCheck:
-    """Check a ``[n, 3, 3, 3]`` video against the ToyColoring rules.
+    """Check a ``[n, 3, 3, 3]`` video against the ToyColoring rules (``motion="rotation"``:
+    see :func:`_check_rotation`).
 
     Tolerance: a video passes the frame rules iff every pixel lies within ``atol`` (pixel units,
     values in ``[-1, 1]``; the default 0.1 is 5% of the range) of an exact toy video whose
@@ -188,6 +214,8 @@ def check_manifold(
         return fail(f"values outside [-1, 1] by more than atol={atol} (max |x| = {np.abs(v).max():.3f})")
 
     ring = v[:, :, _RING_Y, _RING_X].transpose(0, 2, 1)                        # (n, 8, 3)
+    if motion == "rotation":
+        return _check_rotation(v, ring, atol, min_contrast, directions, length_ok, length_reason)
     # Every rotation of every frame: rolled[f, o, k] = ring[f, (k + o) % 8].
     rolled = ring[:, (np.arange(8)[:, None] + np.arange(8)[None, :]) % 8]      # (n, 8 o, 8 k, 3)
     offsets = (_ramp_residual(rolled) ** 2).sum(axis=(2, 3)).argmin(1)        # (n,) best-fitting offset
@@ -239,3 +267,41 @@ def _ramp_residual(y: np.ndarray) -> np.ndarray:
     """``y[..., k, c]`` minus its least-squares linear fit in ``k / 7``."""
     w = (_RAMP - _RAMP.mean())[:, None]
     return y - y.mean(-2, keepdims=True) - _ramp_slope(y)[..., None, :] * w
+
+
+def _check_rotation(v: np.ndarray, ring: np.ndarray, atol: float, min_contrast: float, directions: Sequence[int],
+                    length_ok: bool, length_reason: str) -> ManifoldCheck:
+    """``motion="rotation"``: every pixel within ``atol`` of the best exact video that turns once
+    over its ``n`` frames (speed ``8/n``), found by a search over the start position and the
+    direction with least-squares end colours (a 1/64-pixel grid, refined to 1/4096)."""
+    n = ring.shape[0]
+
+    def fit(phases: np.ndarray, signs: np.ndarray):
+        offsets = phases[:, None] + signs[:, None] * 8.0 * np.arange(n)[None, :] / n   # (G, n)
+        u = ((np.arange(8)[None, None, :] - offsets[..., None]) % 8) / 8                 # (G, n, 8)
+        a = np.stack([1 - u, u], -1).reshape(len(phases), -1, 2)                         # (G, 8n, 2)
+        y = ring.reshape(-1, 3)                                                          # (8n, 3)
+        ata = np.einsum("gri,grj->gij", a, a) + 1e-12 * np.eye(2)
+        coef = np.linalg.solve(ata, np.einsum("gri,rc->gic", a, y))                      # (G, 2, 3)
+        err = np.abs(np.einsum("gri,gic->grc", a, coef) - y).max(axis=(1, 2))
+        return err, coef
+
+    signs = np.array([d for d in (1, -1) if d in set(directions)], dtype=float)
+    grid = np.arange(0, 8, 1 / 64)
+    phases, sgn = np.repeat(grid, len(signs)), np.tile(signs, len(grid))
+    err, _ = fit(phases, sgn)
+    best = int(err.argmin())
+    fine = phases[best] + np.arange(-1 / 64, 1 / 64, 1 / 4096)
+    err, coef = fit(fine, np.full(len(fine), sgn[best]))
+    best_fine = int(err.argmin())
+    if err[best_fine] > atol:
+        return ManifoldCheck(False, length_ok, f"border is not a gradient turning once over {n} frames "
+                             f"(max misfit {err[best_fine]:.3f} > atol={atol})")
+    c0, c1 = coef[best_fine]
+    if np.abs(c1 - c0).max() < min_contrast:
+        return ManifoldCheck(False, length_ok, f"gradient contrast {np.abs(c1 - c0).max():.3f} < min_contrast={min_contrast}")
+    centre = v[:, :, 1, 1]
+    centre_dev = np.abs(centre - centre.mean(0)).max()
+    if centre_dev > atol:
+        return ManifoldCheck(False, length_ok, f"centre pixel changes by {centre_dev:.3f} > atol={atol}")
+    return ManifoldCheck(True, length_ok, length_reason, int(sgn[best]))
