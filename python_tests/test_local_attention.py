@@ -202,7 +202,7 @@ def test_flop_counter_counts_useful_flops():
     assert counter.get_total_flops() == expected
     with FlopCounterMode(display=False) as counter:
         out.sum().backward()
-    assert counter.get_total_flops() == 2 * expected
+    assert counter.get_total_flops() == 5 * expected // 2  # as torch counts the SDPA backward
 
 
 @pytest.mark.parametrize("fn", [local_frame_attention, local_frame_attention_ref], ids=["op", "ref"])

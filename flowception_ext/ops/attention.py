@@ -107,8 +107,9 @@ def _flops(q, k, v, cu_seqlens, tokens_per_frame, window, causal, scale, *args, 
 
 def _backward_flops(grad_out, q, k, v, out, lse, grad_lse, cu_seqlens, tokens_per_frame, window, causal, scale,
                     *args, **kwargs) -> int:
-    # dV, dP, dQ, dK: twice the forward's matmuls (the recomputation of S is not counted)
-    return 2 * local_frame_attention_flops(cu_seqlens, tokens_per_frame, window, q.shape[1], q.shape[2], causal)
+    # S recomputed, then dP, dV, dQ, dK: 2.5x the forward's matmuls, as torch counts the backward of
+    # scaled_dot_product_attention (so FLOP ratios against SDPA baselines compare like with like)
+    return 5 * local_frame_attention_flops(cu_seqlens, tokens_per_frame, window, q.shape[1], q.shape[2], causal) // 2
 
 
 register("local_frame_attention", fake=_fake, flops=_flops, backward=_backward, setup_context=_setup)
