@@ -130,20 +130,24 @@ class CosineKappa(KappaScheduler):
         return torch.acos(1 - u) * (2 / math.pi)
 
 
-def kappa_from_name(spec: str | dict | KappaScheduler) -> KappaScheduler:
-    """Build a scheduler from a name (``"linear"``, ``"cosine"``, ``"polynomial"``), a dict from
-    ``to_dict()`` or pass an instance through."""
-    if isinstance(spec, KappaScheduler):
+def _from_spec(spec, base: type, classes: dict[str, type], what: str):
+    """An instance of ``base`` from an instance, a name, or a ``to_dict()`` dict."""
+    if isinstance(spec, base):
         return spec
     if isinstance(spec, str):
         spec = {"name": spec}
     if not isinstance(spec, dict) or "name" not in spec:
-        raise TypeError(f"kappa must be a KappaScheduler, a name or a dict with 'name', got {spec!r}")
-    kwargs = {k: v for k, v in spec.items() if k != "name"}
-    classes = {"linear": LinearKappa, "polynomial": PolynomialKappa, "cosine": CosineKappa}
+        raise TypeError(f"{what} must be a {base.__name__}, a name or a dict with 'name', got {spec!r}")
     if spec["name"] not in classes:
-        raise ValueError(f"unknown kappa scheduler {spec['name']!r}; expected one of {sorted(classes)}")
-    return classes[spec["name"]](**kwargs)
+        raise ValueError(f"unknown {what} {spec['name']!r}; expected one of {sorted(classes)}")
+    return classes[spec["name"]](**{k: v for k, v in spec.items() if k != "name"})
+
+
+def kappa_from_name(spec: str | dict | KappaScheduler) -> KappaScheduler:
+    """Build a scheduler from a name (``"linear"``, ``"cosine"``, ``"polynomial"``), a dict from
+    ``to_dict()`` or pass an instance through."""
+    return _from_spec(spec, KappaScheduler, {"linear": LinearKappa, "polynomial": PolynomialKappa,
+                                             "cosine": CosineKappa}, "kappa scheduler")
 
 
 class TimeDistribution(ABC):
@@ -187,14 +191,5 @@ class UniformTime(TimeDistribution):
 
 def time_distribution_from_name(spec: str | dict | TimeDistribution) -> TimeDistribution:
     """Build a time distribution from ``"logit_normal"`` / ``"uniform"``, a dict, or an instance."""
-    if isinstance(spec, TimeDistribution):
-        return spec
-    if isinstance(spec, str):
-        spec = {"name": spec}
-    if not isinstance(spec, dict) or "name" not in spec:
-        raise TypeError(f"time distribution must be a TimeDistribution, a name or a dict with 'name', got {spec!r}")
-    kwargs = {k: v for k, v in spec.items() if k != "name"}
-    classes = {"logit_normal": LogitNormalTime, "uniform": UniformTime}
-    if spec["name"] not in classes:
-        raise ValueError(f"unknown time distribution {spec['name']!r}; expected one of {sorted(classes)}")
-    return classes[spec["name"]](**kwargs)
+    return _from_spec(spec, TimeDistribution, {"logit_normal": LogitNormalTime, "uniform": UniformTime},
+                      "time distribution")

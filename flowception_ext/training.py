@@ -37,6 +37,7 @@ from .checkpoint import atomic_directory, load_json, load_tensors, save_json, sa
 from .data import FrameBudgetBatchSampler, collate_videos
 from .losses import flowception_loss
 from .model import FlowceptionDiT
+from .model.config import dataclass_from_dict
 from .noising import NoisingConfig, make_training_state
 from .packing import PackedVideos
 
@@ -101,11 +102,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up to ``lr``, then cosine decay to ``min_lr_ratio · lr`` at ``steps``."""

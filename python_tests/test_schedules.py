@@ -58,5 +58,5 @@ def test_from_name_roundtrip_and_errors():
         kappa_from_name("quadratic")
     with pytest.raises(ValueError, match="power"):
         PolynomialKappa(0.0)
-    with pytest.raises(TypeError, match="kappa"):
+    with pytest.raises(TypeError, match="kappa scheduler"):
         kappa_from_name(3)

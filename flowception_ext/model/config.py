@@ -7,7 +7,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["FlowceptionConfig", "PRESETS"]
+__all__ = ["FlowceptionConfig", "PRESETS", "dataclass_from_dict"]
+
+
+def dataclass_from_dict(cls, data: dict[str, Any]):
+    """``cls(**data)``, refusing unknown fields by name (configs read back from JSON)."""
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}")
+    return cls(**data)
 
 # name -> (depth, hidden_size, num_heads). "paper" is the size of the paper's video models
 # (38 blocks, width 1536, 24 heads): constructible, not trained here.
@@ -127,11 +135,7 @@ class FlowceptionConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FlowceptionConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown FlowceptionConfig fields {unknown}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
