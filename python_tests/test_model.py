@@ -198,7 +198,7 @@ def test_tiny_model_overfits_one_training_state():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] - floor <= 0.1 * (losses[0] - floor), (losses[0], losses[-1], floor)
 
 
