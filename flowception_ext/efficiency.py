@@ -54,7 +54,7 @@ from .sampling import sample
 from .schedules import UniformTime
 
 __all__ = ["main", "padded_forward", "analytic_train_attention_ratio", "analytic_sampling_ratio",
-           "uniform_tau_state"]
+           "drawn_present_lengths"]
 
 
 # ---- analytic model (SPEC §3 state law, SPEC §6 sampler schedule) ---------------------------
@@ -127,20 +127,26 @@ def analytic_sampling_ratio(n: int, steps: int, draws: int = 20_000, seed: int =
 # ---- training steps: packed, padded, full-sequence -----------------------------------------
 
 
-def uniform_tau_state(videos: PackedVideos, generator: torch.Generator, config: NoisingConfig) -> TrainingState:
-    """A state of one video with ``τ_g ~ U(0, 1)`` independent of the insertion times (the paper's law).
-
-    :func:`make_training_state` with ``s ~ U(0, 1)`` gives ``τ_g | τ_max ~ U(0, τ_max)``; keeping a draw
-    with probability ``1[τ_g <= 1] · τ_max / 2`` (``τ_max <= 2``) makes the kept law exactly
-    ``p(t_ins) · U(τ_g; 0, 1)`` (rejection sampling)."""
-    if videos.num_videos != 1:
-        raise ValueError(f"uniform_tau_state draws one video at a time, got {videos.num_videos}")
-    uniform = dataclasses.replace(config, time_distribution=UniformTime())
-    while True:
-        state = make_training_state(videos, generator=generator, config=uniform)
-        tau_g, tau_max = float(state.tau_g[0]), float(state.tau_max[0])
-        if tau_g <= 1 and float(torch.rand((), generator=generator, dtype=torch.float64)) < tau_max / 2:
-            return state
+def drawn_present_lengths(n: int, draws: int, law: str, generator: torch.Generator, chunk: int = 512) -> Tensor:
+    """Present lengths of ``draws`` states of an ``n``-frame video drawn by :func:`make_training_state`
+    (default :class:`NoisingConfig`; in batches of ``chunk`` copies of a 1-pixel video: the lengths do
+    not depend on pixels). ``law = "configured"`` keeps the default ``τ_g`` sampler; ``"uniform_tau"``
+    gives ``τ_g ~ U(0, 1)`` independent of the insertion times (the paper's law): with ``s ~ U(0, 1)``,
+    ``τ_g | τ_max ~ U(0, τ_max)``, and keeping a draw with probability ``1[τ_g <= 1] · τ_max / 2``
+    (``τ_max <= 2``) leaves exactly ``p(t_ins) · U(τ_g; 0, 1)`` (rejection sampling)."""
+    if law not in ("configured", "uniform_tau"):
+        raise ValueError(f"law must be 'configured' or 'uniform_tau', got {law!r}")
+    config = NoisingConfig(time_distribution=UniformTime()) if law == "uniform_tau" else NoisingConfig()
+    videos = PackedVideos.from_list([torch.zeros(n, 1, 1, 1)] * chunk)
+    kept: list[Tensor] = []
+    while sum(k.numel() for k in kept) < draws:
+        state = make_training_state(videos, generator=generator, config=config)
+        keep = torch.ones(chunk, dtype=torch.bool)
+        if law == "uniform_tau":
+            u = torch.rand(chunk, generator=generator, dtype=torch.float64)
+            keep = (state.tau_g <= 1) & (u < state.tau_max / 2)
+        kept.append(state.inputs.lengths[keep])
+    return torch.cat(kept)[:draws]
 
 
 @contextlib.contextmanager
@@ -188,12 +194,11 @@ def padded_forward(model: FlowceptionDiT, videos: PackedVideos, labels: Tensor |
 
 def train_step(model: FlowceptionDiT, state: TrainingState, padded: bool = False) -> float:
     """One training step without the optimiser: forward, Flowception loss, backward."""
-    forward = padded_forward if padded else model.__call__
-    velocity, log_rate = forward(state.inputs)
+    velocity, log_rate = padded_forward(model, state.inputs) if padded else model(state.inputs)
     loss = flowception_loss(velocity, log_rate if model.config.rate_head else None, state)
     loss.total.backward()
     model.zero_grad(set_to_none=True)
-    return float(loss.total)
+    return float(loss.total.detach())
 
 
 def count_flops(fn: Callable[[], object]) -> dict[str, int]:
@@ -232,31 +237,26 @@ def random_videos(num_videos: int, n: int, args: argparse.Namespace, seed: int) 
 
 
 def training_flops(model: FlowceptionDiT, n: int, draws: int, args: argparse.Namespace) -> dict[str, float]:
-    """Average FLOPs of a Flowception step over ``draws`` one-video states (for ``τ_g ~ U(0, 1)`` and
-    the configured law) and of the full-sequence step on the same video. A step's count depends
-    only on the present length, so each length met is counted once on a real step."""
-    video = random_videos(1, n, args, args.seed)
+    """Average FLOPs of a Flowception training step over ``draws`` states of one ``n``-frame video (for
+    ``τ_g ~ U(0, 1)`` and the configured law) and of the full-sequence step on that video.
+
+    A step's count depends only on the present length ``m`` (FLOPs add up over the videos of a batch),
+    so ``f(m)`` is counted once per length met, with FlopCounterMode on a real forward + Flowception
+    loss + backward of ``m`` present frames, and averaged over the drawn lengths."""
     g = torch.Generator().manual_seed(args.seed + n)
     table: dict[int, dict[str, int]] = {}
 
-    def flops_at(state: TrainingState) -> dict[str, int]:
-        m = state.inputs.num_frames
+    def flops_at(m: int) -> dict[str, int]:
         if m not in table:
+            state = make_full_sequence_state(random_videos(1, m, args, args.seed), generator=g)
             table[m] = count_flops(lambda: train_step(model, state))
         return table[m]
 
-    out: dict[str, float] = {}
-    full = count_flops(lambda: train_step(model, make_full_sequence_state(video, generator=g)))
-    out["full_attention"], out["full_total"] = full["attention"], full["total"]
+    out: dict[str, float] = {"full_attention": flops_at(n)["attention"], "full_total": flops_at(n)["total"]}
     for law in ("uniform_tau", "configured"):
-        lengths = Counter()
-        for _ in range(draws):
-            state = (uniform_tau_state(video, g, NoisingConfig()) if law == "uniform_tau"
-                     else make_training_state(video, generator=g, config=NoisingConfig()))
-            flops_at(state)
-            lengths[state.inputs.num_frames] += 1
+        lengths = Counter(drawn_present_lengths(n, draws, law, g).tolist())
         for part in ("attention", "total"):
-            mean = sum(c * table[m][part] for m, c in lengths.items()) / draws
+            mean = sum(c * flops_at(m)[part] for m, c in lengths.items()) / draws
             out[f"flowception_{law}_{part}"] = mean
             out[f"{part}_ratio_{law}"] = out[f"full_{part}"] / mean
         out[f"mean_present_fraction_{law}"] = sum(c * m for m, c in lengths.items()) / draws / n
@@ -316,13 +316,15 @@ def sampling_runs(model: FlowceptionDiT, causal: FlowceptionDiT, n: int, args: a
         # the random order inserts exactly n − 1 frames at κ⁻¹(U) times: the law of a trained model
         "flowception": lambda: sample(model, steps=steps, order="random", target_length=n, max_frames=None,
                                       generator=gen(), progress=False),
-        "full_sequence": lambda: sample_full_sequence(model, num_frames=n, steps=steps, generator=gen(), progress=False),
-        "ar_cache": lambda: sample_autoregressive(causal, num_frames=n, steps_per_frame=steps, use_cache=True,
+        "full_sequence": lambda: sample_full_sequence(model, num_frames=n, steps=steps, num_videos=1,
+                                                   generator=gen(), progress=False),
+        "ar_cache": lambda: sample_autoregressive(causal, num_frames=n, steps_per_frame=steps, use_cache=True, num_videos=1,
                                                   generator=gen(), progress=False),
     }
     if ar_nocache:
         runs["ar_nocache"] = lambda: sample_autoregressive(model, num_frames=n, steps_per_frame=steps,
-                                                           use_cache=False, generator=gen(), progress=False)
+                                                           use_cache=False, num_videos=1, generator=gen(),
+                                                           progress=False)
     return runs
 
 
@@ -446,11 +448,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory child process")
     p.add_argument("--json", type=Path, help="write every figure here")
     p.add_argument("--plot", type=Path, help="write the FLOPs/time-vs-n plot here (PNG)")
+    if p.parse_known_args(argv)[0].quick:  # reduced defaults; explicit options still win
+        p.set_defaults(frame_size=16, n=16, sweep="8,16", draws=2000, train_max_n=16, ar_max_n=16, padded_max_n=16,
+                       batch=2, states=1, steps=4, repeats=2)
     args = p.parse_args(argv)
-    if args.quick:
-        args.frame_size, args.n, args.sweep, args.draws = 16, 16, "8,16", 2000
-        args.train_max_n, args.ar_max_n, args.padded_max_n = 16, 16, 16
-        args.batch, args.states, args.steps, args.repeats = 2, 1, 4, 2
     args.sweep = sorted({int(v) for v in args.sweep.split(",")} | {args.n})
     return args
 
