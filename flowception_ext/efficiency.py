@@ -484,8 +484,10 @@ def main(argv: list[str] | None = None) -> int:
         a = analytic_sampling_ratio(n, args.steps)
         row.update({f"sampling_analytic_{k}": v for k, v in a.items()})
         results["per_n"][str(n)] = row
-        print(f"n={n}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float) and "ratio" in k),
-              flush=True)
+        print(f"n={n}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)), flush=True)
+        if args.json:  # partial results survive an interrupted run
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=1, default=str))
 
     head = results["per_n"][str(args.n)]
     results.update({
@@ -516,7 +518,6 @@ def main(argv: list[str] | None = None) -> int:
         if k not in ("per_n", "machine", "config"):
             print(f"  {k}: {json.dumps(v) if isinstance(v, dict) else (f'{v:.4g}' if isinstance(v, float) else v)}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1, default=str))
     if args.plot:
         plot(results, args.plot)
