@@ -263,10 +263,10 @@ def training_flops(model: FlowceptionDiT, n: int, draws: int, args: argparse.Nam
     return out
 
 
-def median_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+def median_times(fns: dict[str, Callable[[], object]], repeats: int, warmup: bool = True) -> dict[str, float]:
     """Median seconds of each function over ``repeats`` rounds, run interleaved (after one warm-up)."""
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():
+    for fn in fns.values() if warmup else ():
         fn()
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -334,7 +334,7 @@ def sampling_measure(model: FlowceptionDiT, causal: FlowceptionDiT, n: int, args
     for name, fn in runs.items():
         f = count_flops(fn)
         out[f"sampling_flops_{name}"], out[f"sampling_attention_flops_{name}"] = f["total"], f["attention"]
-    for name, sec in median_times(runs, args.sampling_repeats).items():
+    for name, sec in median_times(runs, args.sampling_repeats, warmup=False).items():  # counted runs warmed up
         out[f"sampling_seconds_{name}"] = sec
     out["sampling_flop_ratio"] = out["sampling_flops_full_sequence"] / out["sampling_flops_flowception"]
     out["sampling_attention_flop_ratio"] = (out["sampling_attention_flops_full_sequence"]
