@@ -373,9 +373,9 @@ def _memory_child(args: argparse.Namespace, n: int) -> dict[str, float]:
     model, causal = build_model(args), build_model(args, "causal")
     steps, _, _ = training_batch(model, n, args)
     runs = sampling_runs(model, causal, n, args, ar_nocache=False)
-    out = {f"peak_rss_mib_train_{k}": _peak_rss_mib(fn) for k, fn in steps.items()}
-    for k in ("flowception", "full_sequence"):
-        out[f"peak_rss_mib_sampling_{k}"] = _peak_rss_mib(runs[k])
+    # sampling first: the small no-grad runs would otherwise reuse memory freed by the training steps
+    out = {f"peak_rss_mib_sampling_{k}": _peak_rss_mib(runs[k]) for k in ("flowception", "full_sequence")}
+    out.update({f"peak_rss_mib_train_{k}": _peak_rss_mib(fn) for k, fn in steps.items()})
     return out
 
 

@@ -25,7 +25,7 @@ from flowception_ext.efficiency import (
 from flowception_ext.baselines.training import make_full_sequence_state
 from flowception_ext.losses import flowception_loss
 from flowception_ext.model import FlowceptionConfig, FlowceptionDiT
-from flowception_ext.noising import NoisingConfig, make_training_state
+from flowception_ext.noising import make_training_state
 from flowception_ext.packing import PackedVideos
 
 
