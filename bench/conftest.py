@@ -1,8 +1,18 @@
-"""Shared benchmark helpers: a summary that benchmark modules fill and pytest prints at the end."""
+"""Shared benchmark set-up: every benchmark runs on 2 threads (the machine's cores, as the issues
+specify), and a summary that benchmark modules fill and pytest prints at the end."""
 
 from __future__ import annotations
 
 import pytest
+import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def two_threads():
+    original = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(original)
 
 _SUMMARY: list[str] = []
 

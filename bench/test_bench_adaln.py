@@ -53,11 +53,8 @@ RESULTS: dict[tuple[str, str, str, str], float] = {}  # (dtype, op, pass, impl) 
 
 
 @pytest.fixture(scope="module", autouse=True)
-def two_threads(request):
-    original = torch.get_num_threads()
-    torch.set_num_threads(2)
+def report(request):
     yield
-    torch.set_num_threads(original)
     _report(request.config)
 
 

@@ -37,14 +37,6 @@ CASES = {"1x32x64": (1, 32, 64), "8x16x65": (8, 16, 65)}  # videos x frames x to
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def two_threads():
-    original = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(original)
-
-
 def make_inputs(videos, frames, P, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     T = videos * frames * P

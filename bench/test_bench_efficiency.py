@@ -11,7 +11,6 @@ steps per frame. The summary prints each ratio next to the FLOP ratio of the sam
 from __future__ import annotations
 
 import pytest
-import torch
 
 from flowception_ext.efficiency import count_flops, parse_args, build_model, sampling_runs, training_batch
 
@@ -23,13 +22,10 @@ FLOPS: dict[str, int] = {}
 
 @pytest.fixture(scope="module")
 def work():
-    original = torch.get_num_threads()
-    torch.set_num_threads(2)
     model, causal = build_model(ARGS), build_model(ARGS, "causal")
     steps, _, _ = training_batch(model, N_FRAMES, ARGS)
     runs = sampling_runs(model, causal, N_FRAMES, ARGS, ar_nocache=False)
     yield {**{f"train_{k}": v for k, v in steps.items()}, **{f"sample_{k}": v for k, v in runs.items()}}
-    torch.set_num_threads(original)
 
 
 @pytest.mark.parametrize("name", ["train_flowception", "train_full_sequence", "train_padded",

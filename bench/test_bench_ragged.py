@@ -27,14 +27,6 @@ _median: dict[tuple[str, str], float] = {}  # (op, impl) -> median seconds
 _min: dict[tuple[str, str], float] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def two_threads():
-    original = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(original)
-
-
 def make_workloads() -> dict:
     """Per op: (bytes the op moves, bytes clone moves, {impl: callable}), all on the same inputs."""
     g = torch.Generator().manual_seed(0)
