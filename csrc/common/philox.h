@@ -1,11 +1,11 @@
-// Counter-based noise: Philox4x32-10 (Salmon et al., SC'11) + Box-Muller in double.
+// Counter-based noise: Philox4x32-10 (Salmon et al., SC'11) + Box-Muller in double (gaussian.h).
 // Keyed by (seed, output row), counter = (block of 4 elements in the row, row), so the
 // value of every element depends only on (seed, row, element) — not on thread count,
 // tiling or device. python `flowception_ext.ops.reference` reproduces the integer stream.
 #pragma once
-#include <cmath>
 #include <cstdint>
 
+#include "common/gaussian.h"
 #include "common/macros.h"
 
 namespace flowception {
@@ -14,10 +14,12 @@ struct Philox4 {
   uint32_t x[4];
 };
 
+constexpr uint32_t kPhiloxM0 = 0xD2511F53u, kPhiloxM1 = 0xCD9E8D57u;
+
 // One Philox4x32 round on the counter (c0, c1, c2, c3) with round key (k0, k1).
 FC_HOST_DEVICE void philox_round(uint32_t& c0, uint32_t& c1, uint32_t& c2, uint32_t& c3, uint32_t k0, uint32_t k1) {
-  const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * c0;
-  const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * c2;
+  const uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * c0;
+  const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * c2;
   const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1 ^ k0, n2 = static_cast<uint32_t>(p0 >> 32) ^ c3 ^ k1;
   c0 = n0; c1 = static_cast<uint32_t>(p1); c2 = n2; c3 = static_cast<uint32_t>(p0);
 }
@@ -48,26 +50,13 @@ FC_HOST_DEVICE Philox4 noise_words(uint64_t seed, uint64_t row, uint64_t block) 
                        static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
 }
 
-// Words -> uniforms: u1 in (0, 1] (safe for log), u2 in [0, 1).
-FC_HOST_DEVICE double uniform_open0(uint32_t w) { return (static_cast<double>(w) + 1.0) * 0x1p-32; }
-FC_HOST_DEVICE double uniform_open1(uint32_t w) { return static_cast<double>(w) * 0x1p-32; }
-
-constexpr double kTwoPi = 6.283185307179586476925286766559;
-
-// Box-Muller on the word pair (a, b): (r cos θ, r sin θ), r = sqrt(-2 ln u1), θ = 2π u2.
-FC_HOST_DEVICE void box_muller(uint32_t a, uint32_t b, double& z0, double& z1) {
-  const double r = sqrt(-2.0 * log(uniform_open0(a)));
-  const double theta = kTwoPi * uniform_open1(b);
-  z0 = r * cos(theta);
-  z1 = r * sin(theta);
-}
-
 // Pair `p` of row `row` gives elements 2p and 2p+1: words (x0, x1) of block p/2 for even p,
 // (x2, x3) for odd p.
-FC_HOST_DEVICE void gaussian_pair_at(uint64_t seed, uint64_t row, uint64_t p, double& z0, double& z1) {
+template <typename T>
+FC_HOST_DEVICE void gaussian_pair_at(uint64_t seed, uint64_t row, uint64_t p, T& z0, T& z1) {
   const Philox4 w = noise_words(seed, row, p >> 1);
-  if ((p & 1) == 0) box_muller(w.x[0], w.x[1], z0, z1);
-  else box_muller(w.x[2], w.x[3], z0, z1);
+  if ((p & 1) == 0) box_muller<T>(w.x[0], w.x[1], z0, z1);
+  else box_muller<T>(w.x[2], w.x[3], z0, z1);
 }
 
 }  // namespace flowception

@@ -18,20 +18,20 @@ namespace {
 
 using at::Tensor;
 
-template <typename scalar_t>
-inline scalar_t to_out(double z) {
-  // Half types round through float, as torch's double -> half conversion does.
-  if constexpr (std::is_same_v<scalar_t, double> || std::is_same_v<scalar_t, float>) {
-    return static_cast<scalar_t>(z);
-  } else {
-    return static_cast<scalar_t>(static_cast<float>(z));
-  }
-}
+// Philox words of kLanes consecutive blocks of one row, side by side (w[i][lane] = word i), so
+// the rounds run on whole vectors of lanes.
+constexpr int64_t kLanes = 32;
 
-// Philox words of kLanes consecutive blocks of one row, side by side (w[i][lane] = word i): the
-// compiler vectorises the lane loops (8 products per instruction with AVX-512), which made the
-// noise ~1.7x faster than one block at a time.
-constexpr int64_t kLanes = 16;
+#if defined(CPU_CAPABILITY_AVX512)
+// One Philox multiply on 16 lanes: (hi, lo) words of a * m. Left to itself the compiler widens
+// to 64-bit lanes and uses vpmullq (slow); vpmuludq on the even and the odd lanes is ~2x faster.
+inline void mulhilo16(__m512i a, __m512i m, __m512i& hi, __m512i& lo) {
+  const __m512i even = _mm512_mul_epu32(a, m);                        // 64-bit products, lanes 0, 2, ..
+  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);  // lanes 1, 3, ..
+  lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+}
+#endif
 
 void philox_lanes(uint64_t seed, uint64_t row, uint64_t block0, uint32_t (&w)[4][kLanes]) {
   for (int64_t i = 0; i < kLanes; ++i) {
@@ -42,59 +42,56 @@ void philox_lanes(uint64_t seed, uint64_t row, uint64_t block0, uint32_t (&w)[4]
     w[3][i] = static_cast<uint32_t>(row >> 32);
   }
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+#if defined(CPU_CAPABILITY_AVX512)
+  static_assert(kLanes % 16 == 0);
+  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(kPhiloxM0)), m1 = _mm512_set1_epi32(static_cast<int>(kPhiloxM1));
+  for (int64_t v = 0; v < kLanes; v += 16) {
+    __m512i c0 = _mm512_loadu_si512(w[0] + v), c1 = _mm512_loadu_si512(w[1] + v);
+    __m512i c2 = _mm512_loadu_si512(w[2] + v), c3 = _mm512_loadu_si512(w[3] + v);
+    uint32_t r0 = k0, r1 = k1;
+    for (int round = 0; round < 10; ++round) {  // philox_round on 16 lanes
+      __m512i hi0, lo0, hi1, lo1;
+      mulhilo16(c0, m0, hi0, lo0);
+      mulhilo16(c2, m1, hi1, lo1);
+      c0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32(static_cast<int>(r0)));
+      c2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32(static_cast<int>(r1)));
+      c1 = lo1;
+      c3 = lo0;
+      philox_bump_key(r0, r1);
+    }
+    _mm512_storeu_si512(w[0] + v, c0);
+    _mm512_storeu_si512(w[1] + v, c1);
+    _mm512_storeu_si512(w[2] + v, c2);
+    _mm512_storeu_si512(w[3] + v, c3);
+  }
+#else
   for (int round = 0; round < 10; ++round) {
     for (int64_t i = 0; i < kLanes; ++i) philox_round(w[0][i], w[1][i], w[2][i], w[3][i], k0, k1);
     philox_bump_key(k0, k1);
   }
-}
-
-// sin and cos of whole vectors: one Sleef call computes both for little more than one of them.
-inline void sincos(const at::vec::Vectorized<double>& x, at::vec::Vectorized<double>& s,
-                   at::vec::Vectorized<double>& c) {
-#if defined(CPU_CAPABILITY_AVX512)
-  const Sleef___m512d_2 sc = Sleef_sincosd8_u10(x);
-#elif defined(CPU_CAPABILITY_AVX2)
-  const Sleef___m256d_2 sc = Sleef_sincosd4_u10(x);
-#endif
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-  s = sc.x;
-  c = sc.y;
-#else
-  s = x.sin();
-  c = x.cos();
 #endif
 }
 
 // Fill one output row with the Gaussians of (seed, row), kLanes Philox blocks (4 * kLanes
-// elements) at a time: words as above, then Box-Muller on at::vec doubles. The last chunk is
-// computed whole and stored in part.
+// elements) at a time: words as above, then Box-Muller (common/gaussian.h) on each word pair, in
+// a branch-free loop the compiler vectorises. The last chunk is computed whole and stored in part.
 template <typename scalar_t>
 void fill_gaussian_row(scalar_t* dst, int64_t numel, uint64_t seed, uint64_t row) {
-  using Vec = at::vec::Vectorized<double>;
-  constexpr int64_t kPairs = 2 * kLanes;  // block b gives pairs 2b (words 0, 1) and 2b+1 (words 2, 3)
-  static_assert(kPairs % Vec::size() == 0);
   alignas(64) uint32_t w[4][kLanes];
-  alignas(64) double u1[kPairs], u2[kPairs], z[2 * kPairs];
-  for (int64_t e0 = 0; e0 < numel; e0 += 2 * kPairs) {
+  using T = gaussian_compute_t<scalar_t>;
+  alignas(64) T z[4][kLanes];
+  for (int64_t e0 = 0; e0 < numel; e0 += 4 * kLanes) {
     philox_lanes(seed, row, static_cast<uint64_t>(e0 / 4), w);
-    for (int64_t b = 0; b < kLanes; ++b) {
-      u1[2 * b] = uniform_open0(w[0][b]);
-      u2[2 * b] = uniform_open1(w[1][b]);
-      u1[2 * b + 1] = uniform_open0(w[2][b]);
-      u2[2 * b + 1] = uniform_open1(w[3][b]);
+    for (int64_t b = 0; b < kLanes; ++b) box_muller<T>(w[0][b], w[1][b], z[0][b], z[1][b]);
+    for (int64_t b = 0; b < kLanes; ++b) box_muller<T>(w[2][b], w[3][b], z[2][b], z[3][b]);
+    // block b holds elements 4b .. 4b + 3 = z[0..3][b]
+    if (numel - e0 >= 4 * kLanes) {
+      for (int64_t b = 0; b < kLanes; ++b) {
+        for (int64_t j = 0; j < 4; ++j) dst[e0 + 4 * b + j] = static_cast<scalar_t>(z[j][b]);
+      }
+    } else {
+      for (int64_t i = 0; i < numel - e0; ++i) dst[e0 + i] = static_cast<scalar_t>(z[i % 4][i / 4]);
     }
-    for (int64_t p = 0; p < kPairs; p += Vec::size()) {
-      const Vec r = (Vec(-2.0) * Vec::loadu(u1 + p).log()).sqrt();
-      const Vec theta = Vec(kTwoPi) * Vec::loadu(u2 + p);
-      // pair p gives elements 2p (r cos θ) and 2p + 1 (r sin θ)
-      Vec cos_theta, sin_theta;
-      sincos(theta, sin_theta, cos_theta);
-      const auto [lo, hi] = at::vec::interleave2(r * cos_theta, r * sin_theta);
-      lo.store(z + 2 * p);
-      hi.store(z + 2 * p + Vec::size());
-    }
-    const int64_t len = std::min<int64_t>(2 * kPairs, numel - e0);
-    for (int64_t i = 0; i < len; ++i) dst[e0 + i] = to_out<scalar_t>(z[i]);
   }
 }
 

@@ -16,13 +16,12 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// Noise is computed in gaussian_compute_t<T> (double for double, else float) and rounded once.
 template <typename T>
-__device__ __forceinline__ T from_double(double z);
-template <> __device__ __forceinline__ float from_double<float>(double z) { return static_cast<float>(z); }
-template <> __device__ __forceinline__ double from_double<double>(double z) { return z; }
-template <> __device__ __forceinline__ __half from_double<__half>(double z) { return __float2half_rn(static_cast<float>(z)); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_double<__nv_bfloat16>(double z) {
-  return __float2bfloat16_rn(static_cast<float>(z));
+__device__ __forceinline__ T from_compute(gaussian_compute_t<T> z) { return static_cast<T>(z); }
+template <> __device__ __forceinline__ __half from_compute<__half>(float z) { return __float2half_rn(z); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_compute<__nv_bfloat16>(float z) {
+  return __float2bfloat16_rn(z);
 }
 
 // grid.y = destination row; grid.x strides over the row's 16-byte words (or bytes for odd sizes).
@@ -50,10 +49,10 @@ __global__ void gaussian_rows_kernel(T* __restrict__ out, const int64_t* __restr
     const int64_t row = rows[i];
     T* dst = out + row * row_numel;
     for (int64_t p = blockIdx.x * blockDim.x + threadIdx.x; p < n_pairs; p += int64_t(gridDim.x) * blockDim.x) {
-      double z0, z1;
+      gaussian_compute_t<T> z0, z1;
       gaussian_pair_at(seed, static_cast<uint64_t>(row), static_cast<uint64_t>(p), z0, z1);
-      dst[2 * p] = from_double<T>(z0);
-      if (2 * p + 1 < row_numel) dst[2 * p + 1] = from_double<T>(z1);
+      dst[2 * p] = from_compute<T>(z0);
+      if (2 * p + 1 < row_numel) dst[2 * p + 1] = from_compute<T>(z1);
     }
   }
 }

@@ -31,3 +31,13 @@ def register(name: str, *, fake: Callable, flops: Callable[..., int], backward: 
 def draw_seed(generator: torch.Generator | None) -> int:
     """A 63-bit seed from ``generator`` (or the global generator)."""
     return int(torch.randint(0, 2**63 - 1, (), generator=generator, dtype=torch.int64))
+
+
+def as_op_seed(seed: int) -> int:
+    """``seed`` as the int64 the op schema takes: any int in [-2^63, 2^64), where ``s`` and
+    ``s - 2^64`` name the same 64-bit Philox key."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not -(2**63) <= seed < 2**64:
+        raise ValueError(f"seed must be in [-2**63, 2**64), got {seed}")
+    return seed - 2**64 if seed >= 2**63 else seed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._registry import compiled_op, draw_seed, register
+from ._registry import as_op_seed, compiled_op, draw_seed, register
 from .reference import check_same_device, ragged_insert_ref, ragged_strip_ref
 
 __all__ = ["ragged_insert", "ragged_strip", "ragged_insert_bytes", "ragged_strip_bytes"]
@@ -27,8 +27,8 @@ def ragged_insert(
         cu_seqlens: int64 ``[B+1]``, exclusive prefix sums of the video lengths.
         counts: int64 ``[N]``, new frames to insert to the right of each frame (>= 0).
         total_new: ``counts.sum()``; pass it to avoid a device sync (it fixes the output size).
-        seed: noise seed; the noise of output row ``r`` depends only on ``(seed, r)``. Drawn
-            from ``generator`` when omitted.
+        seed: noise seed, any int in ``[-2**63, 2**64)`` (taken modulo 2^64); the noise of output
+            row ``r`` depends only on ``(seed, r)``. Drawn from ``generator`` when omitted.
 
     Returns:
         ``(out [N+M, *S], out_cu_seqlens [B+1], src_pos [N], new_pos [M])`` with
@@ -37,8 +37,7 @@ def ragged_insert(
     """
     if total_new is None:
         total_new = int(counts.sum())
-    if seed is None:
-        seed = draw_seed(generator)
+    seed = draw_seed(generator) if seed is None else as_op_seed(seed)
     op = compiled_op("ragged_insert")
     if op is None:
         return ragged_insert_ref(frames, cu_seqlens, counts, total_new, seed)

@@ -2,17 +2,22 @@
 tested against, and the fallback when the extension is not available.
 
 The noise of ``ragged_insert`` is Philox4x32-10 keyed by ``(seed, output row)`` followed by
-Box-Muller in float64, exactly as ``csrc/common/philox.h``. Philox needs unsigned 32x32->64
-products; here they are split into 16-bit halves so every intermediate fits a signed int64.
+Box-Muller exactly as ``csrc/common/philox.h`` and ``csrc/common/gaussian.h``: the same integer
+stream, and the same IEEE-rounded operations (float64 for float64 output, float32 for the other
+dtypes) in the same order, so the kernels and this reference agree bit for bit. Philox needs unsigned 32x32->64 products; here
+they are split into 16-bit halves so every intermediate fits a signed int64.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 __all__ = [
     "philox4x32_10_ref",
+    "gaussian_pair_ref",
     "gaussian_rows_ref",
     "ragged_insert_ref",
     "ragged_strip_ref",
@@ -48,6 +53,130 @@ def philox4x32_10_ref(counter: tuple[Tensor, Tensor, Tensor, Tensor], key: tuple
     return c0, c1, c2, c3
 
 
+@dataclass(frozen=True)
+class _GaussianConstants:
+    """The constants of ``Constants<T>`` in csrc/common/gaussian.h for one compute dtype (given
+    as hex literals, so both sides hold the same numbers)."""
+
+    dtype: torch.dtype
+    int_dtype: torch.dtype  # same width, for the bit manipulation
+    mantissa_bits: int
+    bias: int
+    sin: tuple[float, ...]
+    cos: tuple[float, ...]
+    atanh: tuple[float, ...]
+    newton_steps: int
+    sqrt_fit: tuple[float, ...]
+    ln2_hi: float
+    ln2_lo: float
+    sqrt2: float
+    pi_over_2pow31: float
+
+
+def _hex(*values: str) -> tuple[float, ...]:
+    return tuple(float.fromhex(v) for v in values)
+
+
+_GAUSSIAN_DOUBLE = _GaussianConstants(
+    torch.float64, torch.int64, 52, 1023,
+    sin=_hex("-0x1.5555555555555p-3", "0x1.1111111111111p-7", "-0x1.a01a01a01a01ap-13", "0x1.71de3a556c734p-19",
+             "-0x1.ae64567f544e4p-26", "0x1.6124613a86d09p-33", "-0x1.ae7f3e733b81fp-41", "0x1.952c77030ad4ap-49",
+             "-0x1.2f49b46814157p-57"),
+    cos=_hex("0x1.5555555555555p-5", "-0x1.6c16c16c16c17p-10", "0x1.a01a01a01a01ap-16", "-0x1.27e4fb7789f5cp-22",
+             "0x1.1eed8eff8d898p-29", "-0x1.93974a8c07c9dp-37", "0x1.ae7f3e733b81fp-45", "-0x1.6827863b97d97p-53"),
+    atanh=_hex("0x1.5555555555555p-2", "0x1.999999999999ap-3", "0x1.2492492492492p-3", "0x1.c71c71c71c71cp-4",
+               "0x1.745d1745d1746p-4", "0x1.3b13b13b13b14p-4", "0x1.1111111111111p-4", "0x1.e1e1e1e1e1e1ep-5",
+               "0x1.af286bca1af28p-5", "0x1.8618618618618p-5", "0x1.642c8590b2164p-5"),
+    newton_steps=3,
+    sqrt_fit=(0.53495, 0.513005, -0.037415),
+    ln2_hi=float.fromhex("0x1.62e42fee00000p-1"),
+    ln2_lo=float.fromhex("0x1.a39ef35793c76p-33"),
+    sqrt2=float.fromhex("0x1.6a09e667f3bcdp+0"),
+    pi_over_2pow31=float.fromhex("0x1.921fb54442d18p-30"),
+)
+_GAUSSIAN_FLOAT = _GaussianConstants(
+    torch.float32, torch.int32, 23, 127,
+    sin=_hex("-0x1.555556p-3", "0x1.111112p-7", "-0x1.a01a02p-13", "0x1.71de3ap-19", "-0x1.ae6456p-26"),
+    cos=_hex("0x1.555556p-5", "-0x1.6c16c2p-10", "0x1.a01a02p-16", "-0x1.27e4fcp-22", "0x1.1eed8ep-29"),
+    atanh=_hex("0x1.555556p-2", "0x1.99999ap-3", "0x1.24924ap-3", "0x1.c71c72p-4", "0x1.745d18p-4"),
+    newton_steps=2,
+    sqrt_fit=_hex("0x1.11e4f8p-1", "0x1.06a898p-1", "-0x1.3280f2p-5"),
+    ln2_hi=float.fromhex("0x1.62e4p-1"),
+    ln2_lo=float.fromhex("0x1.7f7d1cp-20"),
+    sqrt2=float.fromhex("0x1.6a09e6p+0"),
+    pi_over_2pow31=float.fromhex("0x1.921fb6p-30"),
+)
+
+
+def _horner(coefficients: tuple[float, ...], z: Tensor) -> Tensor:
+    p = torch.full_like(z, coefficients[-1])
+    for c in reversed(coefficients[:-1]):
+        p = p * z + c
+    return p
+
+
+def _split_exponent(x: Tensor, k: _GaussianConstants) -> tuple[Tensor, Tensor]:
+    """x = 2^e m with m in [1, 2) for x > 0: (m, e), read off the bits."""
+    bits = x.view(k.int_dtype)
+    e = (bits >> k.mantissa_bits) - k.bias
+    m = ((bits & ((1 << k.mantissa_bits) - 1)) | (k.bias << k.mantissa_bits)).view(k.dtype)
+    return m, e
+
+
+def _log_uniform(a: Tensor, k: _GaussianConstants) -> Tensor:
+    """ln((a + 1) / 2^32) for uint32 words ``a`` (int64 tensor), as ``log_uniform`` in gaussian.h."""
+    n = a.to(k.dtype) + 1.0
+    m, e = _split_exponent(n, k)
+    e = e + (m > k.sqrt2).to(e.dtype)
+    num = (a + 1 - (1 << e.long())).to(k.dtype)  # exact integer, then one rounding
+    s = num / (n + ((e + k.bias) << k.mantissa_bits).view(k.dtype))
+    z, t = s * s, s + s
+    ln_m = t + t * (z * _horner(k.atanh, z))
+    q = (e - 32).to(k.dtype)
+    return q * k.ln2_hi + (q * k.ln2_lo + ln_m)
+
+
+def _sqrt_newton(v: Tensor, k: _GaussianConstants) -> Tensor:
+    """sqrt of ``v >= 0`` as ``sqrt_newton`` in gaussian.h (torch.sqrt is not correctly rounded on
+    every backend, so it could not be matched bit for bit)."""
+    m, e = _split_exponent(v, k)
+    odd = (e & 1) == 1
+    m = torch.where(odd, m * 2.0, m)
+    e = e - odd.to(e.dtype)
+    y = k.sqrt_fit[0] + m * (k.sqrt_fit[1] + m * k.sqrt_fit[2])
+    for _ in range(k.newton_steps):
+        y = 0.5 * (y + m / y)
+    scale = ((e // 2 + k.bias) << k.mantissa_bits).view(k.dtype)
+    return torch.where(v == 0.0, 0.0, y * scale)
+
+
+def _sincos_turn(b: Tensor, k: _GaussianConstants) -> tuple[Tensor, Tensor]:
+    """sin and cos of 2π b / 2^32 for uint32 words ``b`` (int64 tensor), as ``sincos_turn``."""
+    q = (b + (1 << 29)) >> 30  # nearest quadrant, 0..4
+    x = (b - (q << 30)).to(k.dtype) * k.pi_over_2pow31
+    z = x * x
+    s = x + (x * z) * _horner(k.sin, z)
+    c = (1.0 + (-0.5) * z) + (z * z) * _horner(k.cos, z)
+    q = q & 3
+    sin = torch.where(q == 0, s, torch.where(q == 1, c, torch.where(q == 2, -s, -c)))
+    cos = torch.where(q == 0, c, torch.where(q == 1, -s, torch.where(q == 2, -c, s)))
+    return sin, cos
+
+
+def _box_muller(a: Tensor, b: Tensor, k: _GaussianConstants) -> tuple[Tensor, Tensor]:
+    r = _sqrt_newton(-2.0 * _log_uniform(a, k), k)
+    sin, cos = _sincos_turn(b, k)
+    return r * cos, r * sin
+
+
+def gaussian_pair_ref(a: Tensor, b: Tensor, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """Box-Muller on Philox words ``a``, ``b`` (uint32 values in int64 tensors): ``(r cos θ, r sin θ)``
+    with ``r = sqrt(-2 ln((a + 1) / 2^32))`` and ``θ = 2π b / 2^32``, computed in float64 for
+    ``dtype=float64`` and in float32 otherwise, bit for bit as the kernels do."""
+    k = _GAUSSIAN_DOUBLE if dtype == torch.float64 else _GAUSSIAN_FLOAT
+    return _box_muller(a.to(torch.int64), b.to(torch.int64), k)
+
+
 def gaussian_rows_ref(rows: Tensor, row_numel: int, seed: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """The Gaussians that ``ragged_insert`` writes into output rows ``rows``: ``[len(rows), row_numel]``."""
     rows = rows.to(torch.int64).reshape(-1, 1)
@@ -58,18 +187,10 @@ def gaussian_rows_ref(rows: Tensor, row_numel: int, seed: int, dtype: torch.dtyp
     counter = (zeros + (block & _MASK32), zeros + (block >> 32), zeros + (rows & _MASK32), zeros + (rows >> 32))
     x0, x1, x2, x3 = philox4x32_10_ref(counter, (seed & _MASK32, seed >> 32))
 
-    def box_muller(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-        u1 = (a.double() + 1.0) * 2.0**-32
-        u2 = b.double() * 2.0**-32
-        r = torch.sqrt(-2.0 * torch.log(u1))
-        theta = 6.283185307179586476925286766559 * u2
-        return r * torch.cos(theta), r * torch.sin(theta)
-
-    z0, z1 = box_muller(x0, x1)
-    z2, z3 = box_muller(x2, x3)
+    # float64 noise is computed in float64, every other dtype in float32 and rounded from it
+    z0, z1 = gaussian_pair_ref(x0, x1, dtype)
+    z2, z3 = gaussian_pair_ref(x2, x3, dtype)
     z = torch.stack([z0, z1, z2, z3], dim=-1).reshape(rows.shape[0], 4 * n_blocks)[:, :row_numel]
-    if dtype in (torch.float16, torch.bfloat16):  # round through float32, as the kernels do
-        z = z.float()
     return z.to(dtype)
 
 
