@@ -42,12 +42,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--motion", default="rotation", choices=("rotation", "stride"),
                         help="ToyColoring motion: 'rotation' (paper: one turn per video) or 'stride'")
+    parser.add_argument("--no-length-conditioning", dest="length_conditioning", action="store_false",
+                        help="do not embed the frame count and frame index (see FlowceptionConfig)")
     args = parser.parse_args()
     out = Path(args.out)
     start = time.perf_counter()
 
     dataset = ToyColoring(num_videos=4096, seed=args.seed, motion=args.motion)
     config = fe.FlowceptionConfig.from_preset("tiny", in_channels=3, frame_size=3, patch_size=3,
+                                              length_conditioning=args.length_conditioning,
                                               extra={"dataset": f"toy-coloring:{args.motion}"})
     torch.manual_seed(args.seed)
     model = fe.FlowceptionDiT(config)
@@ -73,7 +76,8 @@ def main() -> None:
     gif = save_video(grid_video(output.videos[:8]), out / "samples.gif", fps=6, scale=16)
     figure = plot_insertion_order(output, out / "insertion_order.png", video=0)
     summary = {
-        "train_steps": args.train_steps, "train_seconds": round(train_seconds, 1),
+        "train_steps": args.train_steps, "sample_steps": args.sample_steps,
+        "length_conditioning": args.length_conditioning, "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.perf_counter() - start, 1),
         "fraction_lengths_15_20_25_30": exact, "fraction_on_manifold": on_manifold,
         "fraction_frames_follow_rules": frames_ok,

@@ -35,8 +35,11 @@ def make_videos(lengths, seed=0, channels=2, size=(4, 6), context_every=3) -> Pa
 
 @pytest.mark.parametrize("window", [None, 0, 1, 3])
 @pytest.mark.parametrize("attention", ["bidirectional", "causal"])
-def test_packing_is_exact(window, attention):
-    model = make_model(window=window, attention=attention, num_classes=3)
+@pytest.mark.parametrize("length_conditioning", [False, True])
+def test_packing_is_exact(window, attention, length_conditioning):
+    if length_conditioning and attention == "causal":
+        pytest.skip("length_conditioning is bidirectional only")
+    model = make_model(window=window, attention=attention, num_classes=3, length_conditioning=length_conditioning)
     lengths = [3, 1, 6, 4]
     videos = make_videos(lengths)
     labels = torch.tensor([0, 2, 3, 1])
@@ -93,8 +96,23 @@ def test_context_channel_is_used():
     assert not torch.allclose(a, b)
 
 
+def test_length_conditioning_sees_count_and_index():
+    # With window = 0 a frame attends only to itself, so only the embeddings can tell it how long
+    # its video is and where it sits.
+    plain, counted = make_model(window=0), make_model(window=0, length_conditioning=True)
+    frame = make_videos([1])
+    for model, expect_change in ((plain, False), (counted, True)):
+        with torch.no_grad():
+            alone = model(frame)
+            in_video = model(PackedVideos.from_list([torch.cat([frame.frames, torch.randn(4, 2, 4, 6)])],
+                                                    times=[torch.cat([frame.times, torch.rand(4)])],
+                                                    is_context=[torch.arange(5) == 0]))
+        for x, y in zip(alone, in_video):
+            assert torch.allclose(x, y[:1], atol=1e-6) != expect_change
+
+
 def test_save_and_load_roundtrip(tmp_path):
-    model = make_model(num_classes=2, window=1)
+    model = make_model(num_classes=2, window=1, length_conditioning=True)
     model.save_pretrained(tmp_path / "m")
     assert json.loads((tmp_path / "m" / "config.json").read_text())["window"] == 1
     loaded = FlowceptionDiT.from_pretrained(tmp_path / "m")
@@ -143,6 +161,7 @@ def test_presets():
         (dict(window=-2), "window"),
         (dict(attention="sideways"), "attention"),
         (dict(depth=0), "depth"),
+        (dict(length_conditioning=True, attention="causal"), "length_conditioning"),
     ],
 )
 def test_config_errors(overrides, match):

@@ -45,6 +45,11 @@ class FlowceptionConfig:
         num_classes: class labels for conditioning (0 = unconditional). Label ``num_classes`` is
             the null label used for guidance.
         rate_head: predict per-frame insertion log-rates (False for the baselines).
+        length_conditioning: add embeddings of the video's current frame count and of each
+            frame's index to the per-frame conditioning. Rotary positions are relative and
+            attention averages, so without it the model must learn to count frames, which the
+            insertion rates depend on (bidirectional attention only: under a KV cache the count
+            changes as frames are appended).
         log_rate_clamp: clamp of the predicted log-rate, for a stable ``λ = exp(log_rate)``.
         rope_theta: base of the rotary frequencies.
     """
@@ -60,6 +65,7 @@ class FlowceptionConfig:
     attention: Literal["bidirectional", "causal"] = "bidirectional"
     num_classes: int = 0
     rate_head: bool = True
+    length_conditioning: bool = False
     log_rate_clamp: tuple[float, float] = (-12.0, 8.0)
     rope_theta: float = 10000.0
     layer_norm_eps: float = 1e-6
@@ -93,6 +99,8 @@ class FlowceptionConfig:
             raise ValueError(f"window must be None or an integer >= 0, got {self.window!r}")
         if self.attention not in ("bidirectional", "causal"):
             raise ValueError(f"attention must be 'bidirectional' or 'causal', got {self.attention!r}")
+        if self.length_conditioning and self.attention != "bidirectional":
+            raise ValueError("length_conditioning needs attention='bidirectional' (a KV cache would go stale as the count grows)")
         if not isinstance(self.num_classes, int) or self.num_classes < 0:
             raise ValueError(f"num_classes must be an integer >= 0, got {self.num_classes!r}")
         if not self.mlp_ratio > 0:

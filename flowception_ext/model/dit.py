@@ -166,6 +166,9 @@ class FlowceptionDiT(nn.Module):
         self.rate_token = nn.Parameter(torch.zeros(d))
         self.t_embedder = TimestepEmbedder(d)
         self.label_embedding = nn.Embedding(config.num_classes + 1, d) if config.num_classes else None
+        # integer counts k as "times" k / 1000: the sinusoid then has the usual position frequencies
+        self.count_embedder = TimestepEmbedder(d) if config.length_conditioning else None
+        self.index_embedder = TimestepEmbedder(d) if config.length_conditioning else None
         self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.depth))
         self.final_ada = nn.Linear(d, 2 * d)
         self.final_linear = nn.Linear(d, c * p * p)
@@ -180,8 +183,10 @@ class FlowceptionDiT(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
         nn.init.normal_(self.rate_token, std=0.02)
-        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
-            nn.init.normal_(layer.weight, std=0.02)
+        for embedder in (self.t_embedder, self.count_embedder, self.index_embedder):
+            if embedder is not None:
+                for layer in (embedder.mlp[0], embedder.mlp[2]):
+                    nn.init.normal_(layer.weight, std=0.02)
         if self.label_embedding is not None:
             nn.init.normal_(self.label_embedding.weight, std=0.02)
         for block in self.blocks:
@@ -241,6 +246,9 @@ class FlowceptionDiT(nn.Module):
             if labels is None:
                 labels = torch.full((videos.num_videos,), self.null_label, dtype=torch.int64, device=c.device)
             c = c + self.label_embedding(labels)[videos.video_index]
+        if self.count_embedder is not None:
+            count = videos.lengths.to(c.device)[videos.video_index]
+            c = c + self.count_embedder(count / 1000.0) + self.index_embedder(videos.position / 1000.0)
         return c
 
     def forward(self, videos: PackedVideos, labels: Tensor | None = None, *,
