@@ -36,12 +36,13 @@ def grid_video(videos: list[torch.Tensor], pad: float = 1.0) -> torch.Tensor:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_out", help="output directory")
-    parser.add_argument("--train-steps", type=int, default=2500)
+    parser.add_argument("--train-steps", type=int, default=4000)
     parser.add_argument("--num-videos", type=int, default=64, help="videos to sample")
-    parser.add_argument("--sample-steps", type=int, default=100, help="1/h of the sampler")
+    parser.add_argument("--sample-steps", type=int, default=200, help="1/h of the sampler")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--motion", default="rotation", choices=("rotation", "stride"),
-                        help="ToyColoring motion: 'rotation' (paper: one turn per video) or 'stride'")
+    parser.add_argument("--motion", default="stride", choices=("stride", "rotation"),
+                        help="ToyColoring motion: 'stride' (1-3 ring pixels per frame, independent of the length) "
+                             "or 'rotation' (the paper's: one turn per video)")
     parser.add_argument("--no-length-conditioning", dest="length_conditioning", action="store_false",
                         help="do not embed the frame count and frame index (see FlowceptionConfig)")
     args = parser.parse_args()

@@ -28,18 +28,25 @@ def main() -> None:
     parser.add_argument("--lengths", default="15,20,25,30", help="allowed video lengths, comma-separated")
     parser.add_argument("--motion", default="stride", choices=("stride", "rotation"), help="ToyColoring motion")
     parser.add_argument("--steps", type=int, default=3000, help="training steps")
-    parser.add_argument("--num-samples", type=int, default=64, help="videos to sample")
-    parser.add_argument("--sample-steps", type=int, default=100, help="1/h of the sampler")
+    parser.add_argument("--num-videos", type=int, default=32768, help="training videos (generated, so cheap)")
+    parser.add_argument("--preset", default="tiny", help="model size preset")
+    parser.add_argument("--frames-per-batch", type=int, default=512, help="frame budget of a batch")
+    parser.add_argument("--no-length-conditioning", dest="length_conditioning", action="store_false",
+                        help="do not embed the frame count and frame index (see FlowceptionConfig)")
+    parser.add_argument("--num-samples", type=int, default=512, help="videos to sample")
+    parser.add_argument("--sample-steps", type=int, default=200, help="1/h of the sampler")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/length_modeling")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     lengths = tuple(int(n) for n in args.lengths.split(","))
 
-    dataset = ToyColoring(num_videos=4096, seed=0, allowed_lengths=lengths, motion=args.motion)
+    dataset = ToyColoring(num_videos=args.num_videos, seed=0, allowed_lengths=lengths, motion=args.motion)
     torch.manual_seed(0)
-    model = fe.FlowceptionDiT(fe.FlowceptionConfig.from_preset("tiny", in_channels=3, frame_size=3, patch_size=3))
-    config = fe.TrainConfig(steps=args.steps, lr=1e-3, warmup_steps=50, frames_per_batch=512, out_dir=args.out,
+    model = fe.FlowceptionDiT(fe.FlowceptionConfig.from_preset(
+        args.preset, in_channels=3, frame_size=3, patch_size=3, length_conditioning=args.length_conditioning))
+    config = fe.TrainConfig(steps=args.steps, lr=1e-3, warmup_steps=50, frames_per_batch=args.frames_per_batch,
+                            out_dir=args.out,
                             checkpoint_every=args.steps, log_every=100)
     fe.Trainer(model, dataset, config).fit()
     ema = fe.FlowceptionDiT.from_pretrained(Path(args.out) / "checkpoints" / f"step_{args.steps:08d}",
