@@ -37,6 +37,9 @@ def main() -> None:
     parser.add_argument("--sample-steps", type=int, default=200, help="1/h of the sampler")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/length_modeling")
+    parser.add_argument("--quick", action="store_true", help="a few steps and samples: a CI check (under 3 minutes)")
+    if parser.parse_known_args()[0].quick:  # explicit options still win
+        parser.set_defaults(steps=100, num_samples=16, sample_steps=20)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     lengths = tuple(int(n) for n in args.lengths.split(","))
@@ -68,6 +71,7 @@ def main() -> None:
         "histogram": str(plot_length_histogram(output.lengths, Path(args.out) / "lengths.png",
                                                reference=dataset.lengths)),
     }
+    (Path(args.out) / "summary.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
 

@@ -1,0 +1,44 @@
+"""The example scripts still run: each with ``--quick`` (under 3 minutes on one thread), checking
+that its outputs exist and parse. Slow: deselect with ``-m 'not slow'``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+# script -> (JSON file it writes, keys it must hold, figures it must write)
+CASES = {
+    "insertion_orders.py": ("results.json", ("metrics", "paired_vs_learned"),
+                            ("insertion_orders_metrics.png", "insertion_orders_examples.png")),
+    "paradigms.py": ("results.json", ("metrics", "error_curves", "sampling", "train_flops_per_step"),
+                     ("paradigms_consistency.png",)),
+    "interpolation.py": ("results.json", ("gap_metrics", "quality"),
+                         ("interpolation_examples.png", "interpolation_gaps.png")),
+    "length_modeling.py": ("summary.json", ("total_variation_distance", "fraction_on_manifold"), ("lengths.png",)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(CASES))
+def test_example_quick(script: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLES.parent), os.environ.get("PYTHONPATH", "")])}
+    args = [sys.executable, str(EXAMPLES / script), "--quick", "--threads", "1", "--out", str(out)]
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    name, keys, figures = CASES[script]
+    data = json.loads((out / name).read_text())
+    assert all(k in data for k in keys), sorted(data)
+    for figure in figures:
+        assert (out / figure).stat().st_size > 0
+    if "metrics" in data:  # every metric of every method has a value and a 95% interval
+        for row in data["metrics"].values():
+            for entry in row.values():
+                assert len(entry["ci95"]) == 2 and "value" in entry
