@@ -40,12 +40,16 @@ def main() -> None:
     parser.add_argument("--num-videos", type=int, default=64, help="videos to sample")
     parser.add_argument("--sample-steps", type=int, default=200, help="1/h of the sampler")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads. The toy's tensors are tiny, so one thread is enough; more "
+                             "threads only wait on each other, badly so on a busy machine")
     parser.add_argument("--motion", default="stride", choices=("stride", "rotation"),
                         help="ToyColoring motion: 'stride' (1-3 ring pixels per frame, independent of the length) "
                              "or 'rotation' (the paper's: one turn per video)")
     parser.add_argument("--no-length-conditioning", dest="length_conditioning", action="store_false",
                         help="do not embed the frame count and frame index (see FlowceptionConfig)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     start = time.perf_counter()
 
