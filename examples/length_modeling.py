@@ -51,8 +51,7 @@ def main() -> None:
     model = fe.FlowceptionDiT(fe.FlowceptionConfig.from_preset(
         args.preset, in_channels=3, frame_size=3, patch_size=3, length_conditioning=args.length_conditioning))
     config = fe.TrainConfig(steps=args.steps, lr=1e-3, warmup_steps=50, frames_per_batch=args.frames_per_batch,
-                            out_dir=args.out,
-                            checkpoint_every=args.steps, log_every=100)
+                            out_dir=args.out, checkpoint_every=args.steps, log_every=100)
     fe.Trainer(model, dataset, config).fit()
     ema = fe.FlowceptionDiT.from_pretrained(Path(args.out) / "checkpoints" / f"step_{args.steps:08d}",
                                             weights="ema.safetensors")
