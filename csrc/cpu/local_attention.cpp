@@ -7,9 +7,9 @@
 // place (row stride H*d) in chunks of up to kb tokens: two BLAS GEMMs per chunk with an online
 // softmax in between; chunks outside the window are never touched. Only tiles of several frames
 // need a per-row mask, at the chunks where their rows' ranges differ.
-// Backward (FlashAttention-2 style, probabilities recomputed from the log-sum-exp) runs two
-// passes that each own their outputs, so no atomics: dq over (query tile, head), dk/dv over
-// (key tile, head) with the transposed window. GEMMs run in fp32 (fp64 for fp64 inputs);
+// Backward (FlashAttention-2 style, probabilities recomputed from the log-sum-exp): one sweep
+// per (video, head), owned by one thread, over key tiles and the queries that see them (the
+// transposed window), so dq, dk and dv need no atomics. GEMMs run in fp32 (fp64 for fp64 inputs);
 // bf16/fp16 rows are converted once per (video, head) per thread (RowReader). Exception: the
 // bf16 forward with frames of more than 32 tokens runs bf16 GEMMs on AMX (forward_bf16_amx)
 // when the CPU has them.
@@ -22,6 +22,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <numeric>
 #include <limits>
 #include <vector>
 
@@ -59,9 +61,9 @@ namespace {
 
 // Column-major C[m, n] = alpha * op(A) op(B) + beta * C, as BLAS (all sizes are tile-sized).
 template <typename T>
-void blas_gemm(bool trans_a, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b,
-               int64_t ldb, T beta, T* c, int64_t ldc) {
-  const char ta = trans_a ? 'T' : 'N', tb = 'N';
+void blas_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
+               const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
   const int mi = m, ni = n, ki = k, lda_i = lda, ldb_i = ldb, ldc_i = ldc;
   if constexpr (std::is_same_v<T, float>) {
     if (sgemm_ != nullptr) return sgemm_(&ta, &tb, &mi, &ni, &ki, &alpha, a, &lda_i, b, &ldb_i, &beta, c, &ldc_i);
@@ -71,7 +73,7 @@ void blas_gemm(bool trans_a, int64_t m, int64_t n, int64_t k, T alpha, const T* 
   // No BLAS symbols: the same product through at::mm on strided views (slower, same result).
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
   const Tensor ta_ = at::from_blob(const_cast<T*>(a), {m, k}, trans_a ? at::IntArrayRef{lda, 1} : at::IntArrayRef{1, lda}, opts);
-  const Tensor tb_ = at::from_blob(const_cast<T*>(b), {k, n}, {1, ldb}, opts);
+  const Tensor tb_ = at::from_blob(const_cast<T*>(b), {k, n}, trans_b ? at::IntArrayRef{ldb, 1} : at::IntArrayRef{1, ldb}, opts);
   Tensor tc = at::from_blob(c, {m, n}, {1, ldc}, opts);
   const Tensor prod = at::mm(ta_, tb_);
   if (beta == T(0)) {
@@ -85,14 +87,21 @@ void blas_gemm(bool trans_a, int64_t m, int64_t n, int64_t k, T alpha, const T* 
 template <typename T>
 void gemm_nt(int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b, int64_t ldb, T beta,
              T* c, int64_t ldc) {
-  blas_gemm<T>(true, n, m, k, alpha, b, ldb, a, lda, beta, c, ldc);
+  blas_gemm<T>(true, false, n, m, k, alpha, b, ldb, a, lda, beta, c, ldc);
 }
 
 // Row-major C[m, n] = alpha * A[m, k] B[k, n] + beta * C (column-major: C^T = B^T A^T).
 template <typename T>
 void gemm_nn(int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b, int64_t ldb, T beta,
              T* c, int64_t ldc) {
-  blas_gemm<T>(false, n, m, k, alpha, b, ldb, a, lda, beta, c, ldc);
+  blas_gemm<T>(false, false, n, m, k, alpha, b, ldb, a, lda, beta, c, ldc);
+}
+
+// Row-major C[m, n] = alpha * A[k, m]^T B[k, n] + beta * C (column-major: C^T = B^T A).
+template <typename T>
+void gemm_tn(int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b, int64_t ldb, T beta,
+             T* c, int64_t ldc) {
+  blas_gemm<T>(false, true, n, m, k, alpha, b, ldb, a, lda, beta, c, ldc);
 }
 
 // ---- row helpers ------------------------------------------------------------------------
@@ -437,110 +446,122 @@ std::tuple<Tensor, Tensor> local_frame_attention_cpu(const Tensor& q, const Tens
 
 // ---- backward ---------------------------------------------------------------------------
 
+// Runs body(video, head, state) over all (video, head) pairs in parallel, each pair owned by one
+// thread. Pairs are handed out dynamically, longest video first, so unequal videos balance
+// over the threads; state = make_state() is per thread.
+template <typename MakeState, typename Body>
+void for_each_video_head(const int64_t* cu, int64_t num_videos, int64_t H, const MakeState& make_state,
+                         const Body& body) {
+  std::vector<int64_t> order(num_videos);
+  std::iota(order.begin(), order.end(), int64_t(0));
+  std::stable_sort(order.begin(), order.end(), [cu](int64_t a, int64_t b) { return cu[a + 1] - cu[a] > cu[b + 1] - cu[b]; });
+  const int64_t n = num_videos * H;
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min<int64_t>(n, at::get_num_threads()), 1, [&](int64_t, int64_t) {
+    auto state = make_state();
+    for (int64_t w = next++; w < n; w = next++) body(order[w / H], w % H, state);
+  });
+}
+
+// FlashAttention-2's single sweep, one (video, head) per thread: for each key tile and chunk of
+// the queries that see it, S^T = K Q^T, P^T = exp(S^T - lse), dV += P^T dO, dP^T = V dO^T,
+// dS^T = P^T * (dP^T - delta), dK += dS^T Q and dQ += dS K — five GEMMs per chunk, with dq
+// accumulated in the thread's buffer of the video's rows (no atomics, no T x T memory).
+// delta_i = <dO_i, O_i> - grad_lse_i from `out` when given (fp32/fp64); a bf16/fp16 `out` is
+// rounded too coarsely, so then delta_i = sum_j P_ij dP_ij - grad_lse_i is computed exactly by a
+// first sweep over the queries (two more GEMMs per chunk).
 template <typename S>
 void backward_kernel(const Tensor& grad_out_, const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& out_,
-                     const Tensor& lse_,
-                     const Tensor& grad_lse_, const std::vector<Tile>& tiles, int64_t P, int64_t window, bool causal,
-                     double scale_, Tensor& dq, Tensor& dk, Tensor& dv) {
+                     const Tensor& lse_, const Tensor& grad_lse_, const int64_t* cu, int64_t num_videos,
+                     const std::vector<Tile>& tiles, int64_t P, int64_t window, bool causal, double scale_,
+                     Tensor& dq, Tensor& dk, Tensor& dv) {
   using T = at::opmath_type<S>;
+  using Vec = at::vec::Vectorized<T>;
   const int64_t T_ = q_.size(0), H = q_.size(1), d = q_.size(2);
   const int64_t max_rows = std::max<int64_t>(1, kTileRows / P) * P, kb = chunk_cols(max_rows);
   const T scale = static_cast<T>(scale_);
   const T* lse = lse_.const_data_ptr<T>();
   const T* grad_lse = grad_lse_.defined() ? grad_lse_.const_data_ptr<T>() : nullptr;
-  Tensor delta_ = at::empty_like(lse_);  // [H, T], written by the dq pass
-  T* delta = delta_.data_ptr<T>();
+  const FrameReach qr = query_reach(window, causal), kr = key_reach(window, causal);
+  S* dq_p = dq.data_ptr<S>();
+  S* dk_p = dk.data_ptr<S>();
+  S* dv_p = dv.data_ptr<S>();
+  std::vector<int64_t> first_tile(num_videos + 1, 0);  // tiles of video b: [first_tile[b], first_tile[b + 1])
+  for (int64_t t = 0, b = 0; b < num_videos; ++b) {
+    while (t < static_cast<int64_t>(tiles.size()) && tiles[t].f0 < cu[b + 1]) ++t;
+    first_tile[b + 1] = t;
+  }
   struct State {
-    std::vector<T> buf;
+    std::vector<T> buf, delta, dq;
     RowReader<S> q, k, v, go;
   };
   auto make_state = [&] {
-    return State{std::vector<T>(max_rows * (2 * kb + 2 * d + 1)), RowReader<S>(q_), RowReader<S>(k_),
+    return State{std::vector<T>(max_rows * (2 * kb + 2 * d)), {}, {}, RowReader<S>(q_), RowReader<S>(k_),
                  RowReader<S>(v_), RowReader<S>(grad_out_)};
   };
 
-  // dq over (query tile, head): dS = P * (dP - delta), dq = scale * dS K. delta_i = <dO_i, O_i>
-  // - grad_lse_i from `out` when given; else exactly as sum_j P_ij dP_ij (a bf16 `out` is
-  // rounded too coarsely), in the same sweep: dq = scale * ((P * dP) K - delta P K).
-  // The dk/dv pass reads delta.
-  const FrameReach qr = query_reach(window, causal);
-  const bool delta_from_out = out_.defined();
-  S* dq_p = dq.data_ptr<S>();
-  for_each_tile_head(tiles, H, make_state, [&](const Tile& tile, int64_t h, State& st) {
-    const int64_t r0 = tile.f0 * P, m = (tile.f1 - tile.f0) * P, vb = tile.v0 * P;
-    T* s = st.buf.data();    // probabilities [m, kb]
-    T* dp = s + m * kb;      // dP, then dS or P * dP [m, kb]
-    T* acc = dp + m * kb;    // dS K or (P * dP) K [m, d]
-    T* pk = acc + m * d;     // P K [m, d]
-    T* row_delta = pk + m * d;
-    std::fill(acc, acc + 2 * m * d, T(0));
-    const T* qa = st.q.rows(r0, r0 + m, h, vb);
-    const T* goa = st.go.rows(r0, r0 + m, h, vb);
-    for (int64_t i = 0; i < m; ++i) {
-      T sum = grad_lse != nullptr ? -grad_lse[h * T_ + r0 + i] : T(0);
-      if (delta_from_out) {
-        const S* o = out_.const_data_ptr<S>() + (r0 + i) * out_.stride(0) + h * out_.stride(1);
-        for (int64_t j = 0; j < d; ++j) sum += goa[i * st.go.ld() + j] * static_cast<T>(o[j]);
+  for_each_video_head(cu, num_videos, H, make_state, [&](int64_t b, int64_t h, State& st) {
+    const int64_t vb = cu[b] * P, vt = (cu[b + 1] - cu[b]) * P;
+    if (vt == 0) return;
+    T* s = st.buf.data();  // P or P^T [m, kb]
+    T* dp = s + max_rows * kb;  // dP, dP^T, then dS^T [m, kb]
+    T* dk_acc = dp + max_rows * kb;  // [m, d]
+    T* dv_acc = dk_acc + max_rows * d;
+    st.delta.assign(vt, T(0));
+    st.dq.assign(vt * d, T(0));
+    for (int64_t i = 0; i < vt; ++i) st.delta[i] = grad_lse != nullptr ? -grad_lse[h * T_ + vb + i] : T(0);
+    if (out_.defined()) {
+      const T* goa = st.go.rows(vb, vb + vt, h, vb);
+      for (int64_t i = 0; i < vt; ++i) {
+        const S* o = out_.const_data_ptr<S>() + (vb + i) * out_.stride(0) + h * out_.stride(1);
+        for (int64_t j = 0; j < d; ++j) st.delta[i] += goa[i * st.go.ld() + j] * static_cast<T>(o[j]);
       }
-      row_delta[i] = sum;
-    }
-    const int64_t c_end = reach_hi(qr, tile.f1 - 1, tile.v1) * P;
-    for (int64_t c0 = reach_lo(qr, tile.f0, tile.v0) * P; c0 < c_end; c0 += kb) {
-      const int64_t n = std::min(kb, c_end - c0);
-      const T* ka = st.k.rows(c0, c0 + n, h, vb);
-      gemm_nt<T>(m, n, d, scale, qa, st.q.ld(), ka, st.k.ld(), T(0), s, n);
-      mask_scores(s, n, tile, qr, P, c0);
-      for (int64_t i = 0; i < m; ++i) exp_shift_sum(s + i * n, n, lse[h * T_ + r0 + i]);
-      gemm_nt<T>(m, n, d, T(1), goa, st.go.ld(), st.v.rows(c0, c0 + n, h, vb), st.v.ld(), T(0), dp, n);
-      if (delta_from_out) {
-        for (int64_t i = 0; i < m; ++i) softmax_grad_row<T>(s + i * n, dp + i * n, row_delta[i], n);
-      } else {
-        for (int64_t i = 0; i < m; ++i) row_delta[i] += mul_sum(s + i * n, dp + i * n, n);
-        gemm_nn<T>(m, d, n, T(1), s, n, ka, st.k.ld(), T(1), pk, d);
+    } else {
+      for (int64_t t = first_tile[b]; t < first_tile[b + 1]; ++t) {
+        const Tile& tile = tiles[t];
+        const int64_t r0 = tile.f0 * P, m = (tile.f1 - tile.f0) * P;
+        const T* qa = st.q.rows(r0, r0 + m, h, vb);
+        const T* goa = st.go.rows(r0, r0 + m, h, vb);
+        const int64_t c_end = reach_hi(qr, tile.f1 - 1, tile.v1) * P;
+        for (int64_t c0 = reach_lo(qr, tile.f0, tile.v0) * P; c0 < c_end; c0 += kb) {
+          const int64_t n = std::min(kb, c_end - c0);
+          gemm_nt<T>(m, n, d, scale, qa, st.q.ld(), st.k.rows(c0, c0 + n, h, vb), st.k.ld(), T(0), s, n);
+          mask_scores(s, n, tile, qr, P, c0);
+          for (int64_t i = 0; i < m; ++i) exp_shift_sum(s + i * n, n, lse[h * T_ + r0 + i]);
+          gemm_nt<T>(m, n, d, T(1), goa, st.go.ld(), st.v.rows(c0, c0 + n, h, vb), st.v.ld(), T(0), dp, n);
+          for (int64_t i = 0; i < m; ++i) st.delta[r0 - vb + i] += mul_sum(s + i * n, dp + i * n, n);
+        }
       }
-      gemm_nn<T>(m, d, n, T(1), dp, n, ka, st.k.ld(), T(1), acc, d);
     }
-    for (int64_t i = 0; i < m; ++i) {
-      delta[h * T_ + r0 + i] = row_delta[i];
-      if (delta_from_out) continue;
-      for (int64_t j = 0; j < d; ++j) acc[i * d + j] -= row_delta[i] * pk[i * d + j];
-    }
-    store_rows(acc, m, d, scale, dq_p + r0 * H * d + h * d, H * d);
-  });
 
-  // dk, dv over (key tile, head), against the queries that see the tile:
-  // dv = P^T dO, dS^T = P^T * (V dO^T - delta_col), dk = scale * dS^T Q.
-  const FrameReach kr = key_reach(window, causal);
-  S* dk_p = dk.data_ptr<S>();
-  S* dv_p = dv.data_ptr<S>();
-  for_each_tile_head(tiles, H, make_state, [&](const Tile& tile, int64_t h, State& st) {
-    using Vec = at::vec::Vectorized<T>;
-    const int64_t r0 = tile.f0 * P, m = (tile.f1 - tile.f0) * P, vb = tile.v0 * P;
-    T* s = st.buf.data();     // P^T [m, kb]
-    T* dp = s + m * kb;       // dP^T, then dS^T [m, kb]
-    T* dk_acc = dp + m * kb;  // [m, d]
-    T* dv_acc = dk_acc + m * d;
-    std::fill(dk_acc, dk_acc + 2 * m * d, T(0));
-    const T* ka = st.k.rows(r0, r0 + m, h, vb);
-    const T* va = st.v.rows(r0, r0 + m, h, vb);
-    const int64_t c_end = reach_hi(kr, tile.f1 - 1, tile.v1) * P;
-    for (int64_t c0 = reach_lo(kr, tile.f0, tile.v0) * P; c0 < c_end; c0 += kb) {
-      const int64_t n = std::min(kb, c_end - c0);
-      const T* lse_c = lse + h * T_ + c0;
-      const T* qa = st.q.rows(c0, c0 + n, h, vb);
-      const T* goa = st.go.rows(c0, c0 + n, h, vb);
-      gemm_nt<T>(m, n, d, scale, ka, st.k.ld(), qa, st.q.ld(), T(0), s, n);
-      mask_scores(s, n, tile, kr, P, c0);
-      for (int64_t i = 0; i < m; ++i) {
-        at::vec::map2<T>([](Vec x, Vec l) { return (x - l).exp_u20(); }, s + i * n, s + i * n, lse_c, n);
+    for (int64_t t = first_tile[b]; t < first_tile[b + 1]; ++t) {
+      const Tile& tile = tiles[t];
+      const int64_t r0 = tile.f0 * P, m = (tile.f1 - tile.f0) * P;
+      std::fill(dk_acc, dk_acc + m * d, T(0));
+      std::fill(dv_acc, dv_acc + m * d, T(0));
+      const T* ka = st.k.rows(r0, r0 + m, h, vb);
+      const T* va = st.v.rows(r0, r0 + m, h, vb);
+      const int64_t c_end = reach_hi(kr, tile.f1 - 1, tile.v1) * P;
+      for (int64_t c0 = reach_lo(kr, tile.f0, tile.v0) * P; c0 < c_end; c0 += kb) {
+        const int64_t n = std::min(kb, c_end - c0);
+        const T* lse_c = lse + h * T_ + c0;
+        const T* qa = st.q.rows(c0, c0 + n, h, vb);
+        const T* goa = st.go.rows(c0, c0 + n, h, vb);
+        gemm_nt<T>(m, n, d, scale, ka, st.k.ld(), qa, st.q.ld(), T(0), s, n);
+        mask_scores(s, n, tile, kr, P, c0);
+        for (int64_t i = 0; i < m; ++i) {
+          at::vec::map2<T>([](Vec x, Vec l) { return (x - l).exp_u20(); }, s + i * n, s + i * n, lse_c, n);
+        }
+        gemm_nn<T>(m, d, n, T(1), s, n, goa, st.go.ld(), T(1), dv_acc, d);
+        gemm_nt<T>(m, n, d, T(1), va, st.v.ld(), goa, st.go.ld(), T(0), dp, n);
+        for (int64_t i = 0; i < m; ++i) softmax_grad_row<T>(s + i * n, dp + i * n, st.delta.data() + (c0 - vb), n);
+        gemm_nn<T>(m, d, n, T(1), dp, n, qa, st.q.ld(), T(1), dk_acc, d);
+        gemm_tn<T>(n, d, m, T(1), dp, n, ka, st.k.ld(), T(1), st.dq.data() + (c0 - vb) * d, d);
       }
-      gemm_nn<T>(m, d, n, T(1), s, n, goa, st.go.ld(), T(1), dv_acc, d);
-      gemm_nt<T>(m, n, d, T(1), va, st.v.ld(), goa, st.go.ld(), T(0), dp, n);
-      for (int64_t i = 0; i < m; ++i) softmax_grad_row<T>(s + i * n, dp + i * n, delta + h * T_ + c0, n);
-      gemm_nn<T>(m, d, n, T(1), dp, n, qa, st.q.ld(), T(1), dk_acc, d);
+      store_rows(dk_acc, m, d, scale, dk_p + r0 * H * d + h * d, H * d);
+      store_rows(dv_acc, m, d, T(1), dv_p + r0 * H * d + h * d, H * d);
     }
-    store_rows(dk_acc, m, d, scale, dk_p + r0 * H * d + h * d, H * d);
-    store_rows(dv_acc, m, d, T(1), dv_p + r0 * H * d + h * d, H * d);
+    store_rows(st.dq.data(), vt, d, scale, dq_p + vb * H * d + h * d, H * d);
   });
 }
 
@@ -556,8 +577,8 @@ std::tuple<Tensor, Tensor, Tensor> local_frame_attention_backward_cpu(
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "local_frame_attention_backward_cpu", [&] {
       backward_kernel<scalar_t>(rows_view(grad_out), rows_view(q), rows_view(k), rows_view(v),
                                 out.has_value() ? rows_view(*out) : Tensor(), lse.contiguous(),
-                                grad_lse.has_value() ? grad_lse->contiguous() : Tensor(), tiles, tokens_per_frame,
-                                window, causal, scale, dq, dk, dv);
+                                grad_lse.has_value() ? grad_lse->contiguous() : Tensor(), cu.data_ptr<int64_t>(),
+                                cu.numel() - 1, tiles, tokens_per_frame, window, causal, scale, dq, dk, dv);
     });
   }
   return {dq, dk, dv};
