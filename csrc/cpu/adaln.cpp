@@ -61,12 +61,26 @@ struct ScalarLane {
   static void store_acc(A* p, V v) { *p = v; }
 };
 
-// Calls body(lane, d) on columns [0, D): full vectors first, then the tail one by one.
+// Calls body(lane, d) on columns [first, D): full vectors first, then the tail one by one.
 template <typename T, typename Body>
-inline void for_each_column(int64_t D, const Body& body) {
-  int64_t d = 0;
+inline void for_each_column(int64_t D, const Body& body, int64_t first = 0) {
+  int64_t d = first;
   for (; d + VecLane<T>::kWidth <= D; d += VecLane<T>::kWidth) body(VecLane<T>{}, d);
   for (; d < D; ++d) body(ScalarLane<T>{}, d);
+}
+
+// dst[d] = f(lane, d) on columns [0, D). bf16/fp16 vectors are rounded and stored in pairs:
+// at::vec converts two fp32 vectors at once, so a lone vector would be converted twice.
+template <typename T, typename F>
+inline void store_columns(T* dst, int64_t D, const F& f) {
+  int64_t d = 0;
+  if constexpr (!std::is_same_v<T, at::opmath_type<T>>) {
+    constexpr int64_t W = VecLane<T>::kWidth;
+    for (; d + 2 * W <= D; d += 2 * W) {
+      at::vec::convert_from_float<T>(f(VecLane<T>{}, d), f(VecLane<T>{}, d + W)).store(dst + d);
+    }
+  }
+  for_each_column<T>(D, [&](auto L, int64_t c) { L.store(dst + c, f(L, c)); }, d);
 }
 
 // Sums of f(lane, d) over columns [0, D) for two quantities at once.
@@ -89,27 +103,49 @@ inline std::pair<at::opmath_type<T>, at::opmath_type<T>> sum_columns2(int64_t D,
   return {sa + at::vec::vec_reduce_all<A>(std::plus<V>(), va), sb + at::vec::vec_reduce_all<A>(std::plus<V>(), vb)};
 }
 
-// Welford statistics of a row: one running state per vector lane, merged, then the tail.
-template <typename T>
-Welford<at::opmath_type<T>> row_stats(const T* x, int64_t D) {
+// Sum of f(lane, d) over columns [0, D), with two vector accumulators so that consecutive
+// vectors do not wait on each other's addition.
+template <typename T, typename F>
+inline at::opmath_type<T> sum_columns(int64_t D, const F& f) {
   using A = at::opmath_type<T>;
   using L = VecLane<T>;
-  typename L::V mean(0), m2(0);
-  A count = 0;
+  typename L::V v0(0), v1(0);
   int64_t d = 0;
-  for (; d + L::kWidth <= D; d += L::kWidth) {
-    count += 1;
-    welford_step(mean, m2, A(1) / count, L::load(x + d));
+  for (; d + 2 * L::kWidth <= D; d += 2 * L::kWidth) {
+    v0 += f(L{}, d);
+    v1 += f(L{}, d + L::kWidth);
   }
-  Welford<A> w{0, 0, 0};
-  if (count > 0) {
-    A means[L::kWidth], m2s[L::kWidth];
-    mean.store(means);
-    m2.store(m2s);
-    for (int64_t i = 0; i < L::kWidth; ++i) w = welford_merge(w, Welford<A>{means[i], m2s[i], count});
+  for (; d + L::kWidth <= D; d += L::kWidth) v0 += f(L{}, d);
+  A sum = at::vec::vec_reduce_all<A>(std::plus<typename L::V>(), v0 + v1);
+  for (; d < D; ++d) sum += f(ScalarLane<T>{}, d);
+  return sum;
+}
+
+// Statistics of a row in two passes over it (a row stays in L1): the mean, then the sum of
+// squared deviations from it. Both passes are throughput-bound, unlike a Welford update, which
+// chains every element to the previous one, and at least as accurate. bf16/fp16: the first pass
+// also writes the row to `copy` in the accumulation type, for the second pass and the caller.
+template <typename T>
+Welford<at::opmath_type<T>> row_stats(const T* x, int64_t D, at::opmath_type<T>* copy) {
+  using A = at::opmath_type<T>;
+  if (D == 0) return Welford<A>{0, 0, 0};
+  const A mean = sum_columns<T>(D, [&](auto L, int64_t d) {
+    const auto v = L.load(x + d);
+    if constexpr (!std::is_same_v<T, A>) L.store_acc(copy + d, v);
+    return v;
+  }) / D;
+  const A* xa = nullptr;
+  if constexpr (std::is_same_v<T, A>) {
+    xa = x;
+  } else {
+    xa = copy;
   }
-  for (; d < D; ++d) welford_push(w, static_cast<A>(x[d]));
-  return w;
+  const A m2 = sum_columns<T>(D, [&](auto L, int64_t d) {
+    using V = typename decltype(L)::V;
+    const V dev = L.load_acc(xa + d) - V(mean);
+    return dev * dev;
+  });
+  return Welford<A>{mean, m2, static_cast<A>(D)};
 }
 
 // Pointers and sizes of one call; the ones an op does not use are null.
@@ -127,33 +163,56 @@ struct Args {
   A *part_shift = nullptr, *part_scale = nullptr, *part_gate = nullptr;  // partial sums [tasks, D]
 };
 
+// dst = src in the accumulation type, vectorised (at::vec::convert is a scalar loop for bf16/fp16).
+template <typename T>
+void to_acc(const T* src, at::opmath_type<T>* dst, int64_t D) {
+  for_each_column<T>(D, [&](auto L, int64_t d) { L.store_acc(dst + d, L.load(src + d)); });
+}
+
 // Rows [begin, end). kResidual: res = x + gate * h. kNorm: y = LayerNorm(src) * (1 + scale) + shift
 // and the row statistics, with src = res when fused (normalising the stored, rounded values, as
 // the two ops in sequence would), else x.
 template <typename T, bool kNorm, bool kResidual>
 void forward_rows(const Args<T>& a, int64_t begin, int64_t end) {
+  using A = at::opmath_type<T>;
+  // bf16/fp16: the row being normalised is converted once (by row_stats) and its frame's shift
+  // and scale once per frame, not per row, into fp32 buffers that the later passes read.
+  constexpr bool kConvert = !std::is_same_v<T, A>;
   const int64_t D = a.D;
+  std::vector<A> buf(kNorm && kConvert ? 3 * D : 0);
+  A *row = buf.data(), *shift_buf = row + D, *scale_buf = shift_buf + D;
+  int64_t converted_frame = -1;
   for (int64_t r = begin; r < end; ++r) {
     const int64_t f = r / a.tokens_per_frame;
     const T* src = a.x + r * D;
     if constexpr (kResidual) {
       const T *h = a.h + r * D, *gate = a.gate + f * D;
       T* res = a.res + r * D;
-      for_each_column<T>(D, [&](auto L, int64_t d) {
-        L.store(res + d, gated_residual_elem(L.load(src + d), L.load(h + d), L.load(gate + d)));
+      store_columns(res, D, [&](auto L, int64_t d) {
+        return gated_residual_elem(L.load(src + d), L.load(h + d), L.load(gate + d));
       });
       src = res;
     }
     if constexpr (kNorm) {
-      const auto w = row_stats(src, D);
-      const auto mean = w.mean, rstd = layernorm_rstd(w, a.eps);
+      const auto w = row_stats(src, D, row);
+      const A *x = nullptr, *shift = nullptr, *scale = nullptr;
+      if constexpr (kConvert) {
+        if (f != converted_frame) {
+          to_acc(a.shift + f * D, shift_buf, D);
+          to_acc(a.scale + f * D, scale_buf, D);
+          converted_frame = f;
+        }
+        x = row, shift = shift_buf, scale = scale_buf;
+      } else {
+        x = src, shift = a.shift + f * D, scale = a.scale + f * D;
+      }
+      const A mean = w.mean, rstd = layernorm_rstd(w, a.eps);
       a.mean[r] = mean;
       a.rstd[r] = rstd;
-      const T *shift = a.shift + f * D, *scale = a.scale + f * D;
       T* y = a.y + r * D;
-      for_each_column<T>(D, [&](auto L, int64_t d) {
+      store_columns(y, D, [&](auto L, int64_t d) {
         using V = typename decltype(L)::V;
-        L.store(y + d, adaln_modulate_elem(L.load(src + d), V(mean), V(rstd), L.load(shift + d), L.load(scale + d)));
+        return adaln_modulate_elem(L.load_acc(x + d), V(mean), V(rstd), L.load_acc(shift + d), L.load_acc(scale + d));
       });
     }
   }
