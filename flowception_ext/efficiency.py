@@ -227,10 +227,12 @@ def build_model(args: argparse.Namespace, attention: str = "bidirectional") -> F
     return model
 
 
-def random_videos(num_videos: int, n: int, args: argparse.Namespace, seed: int) -> PackedVideos:
+def random_videos(num_videos: int, n: int, args: argparse.Namespace, seed: int, min_frames: int | None = None) -> PackedVideos:
+    """``num_videos`` random videos of ``n`` frames, or of lengths uniform in ``[min_frames, n]``."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(num_videos, n, 3, args.frame_size, args.frame_size, generator=g)
-    return PackedVideos.from_list(list(x))
+    lo = n if min_frames is None else min_frames
+    lengths = torch.randint(lo, n + 1, (num_videos,), generator=g).tolist()
+    return PackedVideos.from_list([torch.randn(m, 3, args.frame_size, args.frame_size, generator=g) for m in lengths])
 
 
 # ---- measurements -----------------------------------------------------------------------------
@@ -277,9 +279,10 @@ def median_times(fns: dict[str, Callable[[], object]], repeats: int, warmup: boo
 
 
 def training_batch(model: FlowceptionDiT, n: int, args: argparse.Namespace):
-    """``args.batch`` clean videos of ``n`` frames, ``args.states`` Flowception states of them (configured
-    law) and their full-sequence states: the steps timed and memory-measured."""
-    videos = random_videos(args.batch, n, args, args.seed + 1)
+    """``args.batch`` clean videos of ``n`` frames (of ``[ceil(min_frames_fraction * n), n]`` frames when
+    the fraction is below 1), ``args.states`` Flowception states of them (configured law) and their
+    full-sequence states: the steps timed and memory-measured."""
+    videos = random_videos(args.batch, n, args, args.seed + 1, min_frames=math.ceil(args.min_frames_fraction * n))
     g = torch.Generator().manual_seed(args.seed + 2)
     fc = [make_training_state(videos, generator=g) for _ in range(args.states)]
     full = [make_full_sequence_state(videos, generator=g) for _ in range(args.states)]
@@ -299,6 +302,7 @@ def training_timing(model: FlowceptionDiT, n: int, args: argparse.Namespace, pad
     out["train_wallclock_ratio"] = t["full_sequence"] / t["flowception"]
     out["train_total_flop_ratio_timed_states"] = full_flops / fc_flops
     out["present_lengths_timed_states"] = [s.inputs.lengths.tolist() for s in fc]
+    out["clean_lengths_timed_states"] = full[0].inputs.lengths.tolist()
     if padded:
         out["padded_over_packed_wallclock"] = t["padded"] / t["flowception"]
         out["train_flops_padded_total"] = sum(count_flops(lambda: train_step(model, s, padded=True))["total"] for s in fc) / args.states
@@ -368,23 +372,28 @@ def _peak_rss_mib(fn: Callable[[], object]) -> float:
     return (_rss_kib("VmHWM") - base) / 1024
 
 
-def _memory_child(args: argparse.Namespace, n: int) -> dict[str, float]:
+def _memory_child(args: argparse.Namespace, n: int, kind: str, name: str) -> float:
     torch.set_num_threads(args.threads)
     model, causal = build_model(args), build_model(args, "causal")
-    steps, _, _ = training_batch(model, n, args)
-    runs = sampling_runs(model, causal, n, args, ar_nocache=False)
-    # sampling first: the small no-grad runs would otherwise reuse memory freed by the training steps
-    out = {f"peak_rss_mib_sampling_{k}": _peak_rss_mib(runs[k]) for k in ("flowception", "full_sequence")}
-    out.update({f"peak_rss_mib_train_{k}": _peak_rss_mib(fn) for k, fn in steps.items()})
-    return out
+    if kind == "train":
+        fn = training_batch(model, n, args)[0][name]
+    else:
+        fn = sampling_runs(model, causal, n, args, ar_nocache=False)[name]
+    return _peak_rss_mib(fn)
 
 
 def peak_memory(args: argparse.Namespace, n: int) -> dict[str, float]:
+    """Peak RSS each training step / sampling run adds, each measured in a fresh process (so no
+    measurement reuses memory another one freed, and each pays its own first-call costs)."""
     if not Path("/proc/self/clear_refs").exists():
         return {}
     ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
-        return pool.submit(_memory_child, args, n).result()
+    out = {}
+    for kind, names in (("sampling", ("flowception", "full_sequence")), ("train", ("flowception", "full_sequence", "padded"))):
+        for name in names:
+            with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+                out[f"peak_rss_mib_{kind}_{name}"] = pool.submit(_memory_child, args, n, kind, name).result()
+    return out
 
 
 # ---- report ------------------------------------------------------------------------------------
@@ -439,6 +448,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--draws", type=int, default=4000, help="training states averaged per FLOP ratio")
     p.add_argument("--batch", type=int, default=4, help="videos per timed training step")
     p.add_argument("--states", type=int, default=2, help="training states per timed round")
+    p.add_argument("--min-frames-fraction", type=float, default=1.0,
+                   help="timed training batches: clean lengths uniform in [ceil(f * n), n] (default 1: all n frames)")
     p.add_argument("--steps", type=int, default=8, help="sampling steps per frame (1/h)")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds of the training steps")
     p.add_argument("--sampling-repeats", type=int, default=1, help="timed rounds of the sampling runs")
@@ -453,6 +464,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        batch=2, states=1, steps=4, repeats=2)
     args = p.parse_args(argv)
     args.sweep = sorted({int(v) for v in args.sweep.split(",")} | {args.n})
+    if not 0 < args.min_frames_fraction <= 1:
+        p.error(f"--min-frames-fraction must be in (0, 1], got {args.min_frames_fraction}")
     return args
 
 
@@ -469,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {"preset": args.preset, "frame_size": args.frame_size, "patch": args.patch,
                    "tokens_per_frame": cfg.tokens_per_frame, "window": args.window, "n": args.n,
                    "draws": args.draws, "batch": args.batch, "steps_per_frame": args.steps,
+                   "min_frames_fraction": args.min_frames_fraction,
                    "time_law_configured": "logit_normal(0, 1) s, tau_g = s * tau_max"},
         "per_n": {},
     }
