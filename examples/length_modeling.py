@@ -13,7 +13,7 @@ more precise than its joint prediction of many noisy frames, so this pulls each 
 its neighbours' gradient, offset and centre (a Gibbs-like resampling; lengths are unchanged).
 The summary reports the figures before and after it.
 
-    python examples/length_modeling.py                  # the README's run: 24000 steps, ~45 min on 1 thread
+    python examples/length_modeling.py                  # the README's run: 24000 steps, ~43 min CPU on 1 thread
     python examples/length_modeling.py --steps 5000 --motion rotation
     python examples/length_modeling.py --steps 1500 --lengths 20      # control: one length only
     python examples/length_modeling.py --quick --out /tmp/lm          # CI check (under 3 min)
