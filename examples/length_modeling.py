@@ -5,14 +5,6 @@ Prints the length counts, the fraction of lengths in the data's set, the total-v
 distance between the generated and data length laws and the on-manifold rate, and writes a
 histogram. Deterministic for a given thread count (the default is one thread).
 
-After sampling, an optional clean-up (``--refine-sweeps``) re-draws the frames given their
-neighbours: every ``k``-th frame is pushed back to time ``t_r`` (``t_r x + (1 - t_r) ε``) and
-denoised again while the other frames stay clean, for each of the ``k`` phases, with ``t_r``
-rising over the sweeps. The model's prediction of one frame between clean neighbours is far
-more precise than its joint prediction of many noisy frames, so this pulls each frame towards
-its neighbours' gradient, offset and centre (a Gibbs-like resampling; lengths are unchanged).
-The summary reports the figures before and after it.
-
     python examples/length_modeling.py                  # the README's run: 24000 steps, ~43 min CPU on 1 thread
     python examples/length_modeling.py --steps 5000 --motion rotation
     python examples/length_modeling.py --steps 1500 --lengths 20      # control: one length only
@@ -34,38 +26,6 @@ import torch
 import flowception_ext as fe
 from flowception_ext.data import ToyColoring
 from flowception_ext.viz import plot_length_histogram
-
-
-def refine_schedule(sweeps: int) -> list[float]:
-    """Re-noising times of the clean-up sweeps: half of them at 0.5 (room to move a frame to its
-    neighbours' offset), then rising to 0.9 (fine precision)."""
-    if sweeps < 0:
-        raise ValueError(f"refine sweeps must be >= 0, got {sweeps}")
-    coarse = sweeps // 2
-    fine = sweeps - coarse
-    return [0.5] * coarse + [0.5 + 0.4 * (i + 1) / fine for i in range(fine)]
-
-
-@torch.no_grad()
-def refine(model: torch.nn.Module, videos: list[torch.Tensor], schedule: list[float], steps: int,
-           generator: torch.Generator, phases: int = 3) -> list[torch.Tensor]:
-    """Re-draw every frame given its clean neighbours (see the module docstring); returns new videos."""
-    if steps < 1 or phases < 1:
-        raise ValueError(f"steps and phases must be >= 1, got {steps}, {phases}")
-    model.eval()
-    packed = fe.PackedVideos.from_list(videos)
-    x = packed.frames.clone()
-    for t_r in schedule:
-        for phase in range(phases):
-            sel = (packed.position % phases == phase).view(-1, 1, 1, 1)
-            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
-            x = torch.where(sel, t_r * x + (1 - t_r) * noise, x)
-            for i in range(steps):
-                t = t_r + (1 - t_r) * i / steps
-                times = torch.where(sel.view(-1), t, 1.0).to(packed.times.dtype)
-                velocity, _ = model(packed.replace(frames=x, times=times))
-                x = torch.where(sel, x + (1 - t_r) / steps * velocity, x)
-    return list(x.split(packed.lengths.tolist()))
 
 
 def frame_figures(dataset: ToyColoring, videos: list[torch.Tensor]) -> dict:
@@ -94,14 +54,11 @@ def main() -> None:
                         help="do not embed the frame count and frame index (see FlowceptionConfig)")
     parser.add_argument("--num-samples", type=int, default=512, help="videos to sample")
     parser.add_argument("--sample-steps", type=int, default=200, help="1/h of the sampler")
-    parser.add_argument("--refine-sweeps", type=int, default=10,
-                        help="clean-up sweeps after sampling (0: none); t_r rises from 0.5 to 0.9 over them")
-    parser.add_argument("--refine-steps", type=int, default=10, help="Euler steps of each clean-up re-draw")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/length_modeling")
     parser.add_argument("--quick", action="store_true", help="a few steps and samples: a CI check (under 3 minutes)")
     if parser.parse_known_args()[0].quick:  # explicit options still win
-        parser.set_defaults(steps=100, num_samples=16, sample_steps=20, refine_sweeps=2, refine_steps=4)
+        parser.set_defaults(steps=100, num_samples=16, sample_steps=20)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     lengths = tuple(int(n) for n in args.lengths.split(","))
@@ -122,16 +79,11 @@ def main() -> None:
     data = collections.Counter(dataset.lengths)
     support = set(generated) | set(data)
     tv = 0.5 * sum(abs(generated[n] / args.num_samples - data[n] / len(dataset)) for n in support)
-    raw = frame_figures(dataset, output.videos)
-    videos = refine(ema, output.videos, refine_schedule(args.refine_sweeps), args.refine_steps,
-                    torch.Generator().manual_seed(1))
-    videos = [v.clamp(-1, 1) for v in videos]  # pixel range of the data
     result = {
         "length_counts": dict(sorted(generated.items())),
         "fraction_in_data_lengths": sum(generated[n] for n in lengths) / args.num_samples,
         "total_variation_distance": round(tv, 4),
-        **frame_figures(dataset, videos),
-        "before_clean_up": raw,
+        **frame_figures(dataset, output.videos),
         "histogram": str(plot_length_histogram(output.lengths, Path(args.out) / "lengths.png",
                                                reference=dataset.lengths)),
     }
