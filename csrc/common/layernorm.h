@@ -1,6 +1,8 @@
 // LayerNorm statistics and the per-frame AdaLN element math, shared by the CPU kernels (with
 // V = at::vec::Vectorized<acc> for full vectors, V = acc for tails) and the CUDA kernels
-// (V = float/double), so both compute the same formulas.
+// (V = float/double), so both compute the same formulas. Row statistics are a (mean, m2) pair:
+// the CUDA kernels build it with Welford updates across a warp, the CPU kernels in two passes
+// over the row (csrc/cpu/adaln.cpp); both then use layernorm_rstd.
 #pragma once
 #include <cmath>
 
