@@ -1,8 +1,9 @@
 // LayerNorm statistics and the per-frame AdaLN element math, shared by the CPU kernels (with
 // V = at::vec::Vectorized<acc> for full vectors, V = acc for tails) and the CUDA kernels
 // (V = float/double), so both compute the same formulas. Row statistics are a (mean, m2) pair:
-// the CUDA kernels build it with Welford updates across a warp, the CPU kernels in two passes
-// over the row (csrc/cpu/adaln.cpp); both then use layernorm_rstd.
+// the CUDA kernels build it with Welford updates across a warp, the CPU kernels from sums over
+// the row (two passes for fp32, one shifted pass for bf16/fp16: csrc/cpu/adaln.cpp); both then
+// use layernorm_rstd.
 #pragma once
 #include <cmath>
 

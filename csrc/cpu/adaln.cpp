@@ -42,6 +42,10 @@ struct VecLane {
   static void store(T* p, const V& v) {
     if constexpr (std::is_same_v<T, A>) {
       v.store(p);
+#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
+    } else if constexpr (std::is_same_v<T, at::BFloat16>) {  // native rounding, see store_pair
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)_mm512_cvtneps_pbh(v));
+#endif
     } else {
       at::vec::convert_from_float<T>(v, v).store(p, kWidth);
     }
@@ -69,6 +73,20 @@ inline void for_each_column(int64_t D, const Body& body, int64_t first = 0) {
   for (; d < D; ++d) body(ScalarLane<T>{}, d);
 }
 
+// Rounds two fp32 vectors to T and stores them at dst. With AVX512-BF16 (when the build machine
+// has it) bf16 takes one native round-to-nearest-even instruction instead of at::vec's integer
+// emulation of it, which is most of the work of a bf16 forward row.
+template <typename T>
+inline void store_pair(T* dst, const at::vec::Vectorized<float>& lo, const at::vec::Vectorized<float>& hi) {
+#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
+  if constexpr (std::is_same_v<T, at::BFloat16>) {
+    _mm512_storeu_si512(dst, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    return;
+  }
+#endif
+  at::vec::convert_from_float<T>(lo, hi).store(dst);
+}
+
 // dst[d] = f(lane, d) on columns [0, D). bf16/fp16 vectors are rounded and stored in pairs:
 // at::vec converts two fp32 vectors at once, so a lone vector would be converted twice.
 template <typename T, typename F>
@@ -76,31 +94,36 @@ inline void store_columns(T* dst, int64_t D, const F& f) {
   int64_t d = 0;
   if constexpr (!std::is_same_v<T, at::opmath_type<T>>) {
     constexpr int64_t W = VecLane<T>::kWidth;
-    for (; d + 2 * W <= D; d += 2 * W) {
-      at::vec::convert_from_float<T>(f(VecLane<T>{}, d), f(VecLane<T>{}, d + W)).store(dst + d);
-    }
+    for (; d + 2 * W <= D; d += 2 * W) store_pair(dst + d, f(VecLane<T>{}, d), f(VecLane<T>{}, d + W));
   }
   for_each_column<T>(D, [&](auto L, int64_t c) { L.store(dst + c, f(L, c)); }, d);
 }
 
-// Sums of f(lane, d) over columns [0, D) for two quantities at once.
+// Sums of f(lane, d) over columns [0, D) for two quantities at once, two vector accumulators
+// each (see sum_columns).
 template <typename T, typename F>
 inline std::pair<at::opmath_type<T>, at::opmath_type<T>> sum_columns2(int64_t D, const F& f) {
   using A = at::opmath_type<T>;
-  using V = typename VecLane<T>::V;
-  V va(0), vb(0);
-  A sa = 0, sb = 0;
-  for_each_column<T>(D, [&](auto lane, int64_t d) {
-    const auto [a, b] = f(lane, d);
-    if constexpr (std::is_same_v<decltype(lane), VecLane<T>>) {
-      va += a;
-      vb += b;
-    } else {
-      sa += a;
-      sb += b;
-    }
-  });
-  return {sa + at::vec::vec_reduce_all<A>(std::plus<V>(), va), sb + at::vec::vec_reduce_all<A>(std::plus<V>(), vb)};
+  using L = VecLane<T>;
+  using V = typename L::V;
+  V a0(0), a1(0), b0(0), b1(0);
+  int64_t d = 0;
+  for (; d + 2 * L::kWidth <= D; d += 2 * L::kWidth) {
+    const auto [a, b] = f(L{}, d);
+    const auto [c, e] = f(L{}, d + L::kWidth);
+    a0 += a, b0 += b, a1 += c, b1 += e;
+  }
+  for (; d + L::kWidth <= D; d += L::kWidth) {
+    const auto [a, b] = f(L{}, d);
+    a0 += a, b0 += b;
+  }
+  A sa = at::vec::vec_reduce_all<A>(std::plus<V>(), a0 + a1);
+  A sb = at::vec::vec_reduce_all<A>(std::plus<V>(), b0 + b1);
+  for (; d < D; ++d) {
+    const auto [a, b] = f(ScalarLane<T>{}, d);
+    sa += a, sb += b;
+  }
+  return {sa, sb};
 }
 
 // Sum of f(lane, d) over columns [0, D), with two vector accumulators so that consecutive
@@ -121,31 +144,34 @@ inline at::opmath_type<T> sum_columns(int64_t D, const F& f) {
   return sum;
 }
 
-// Statistics of a row in two passes over it (a row stays in L1): the mean, then the sum of
-// squared deviations from it. Both passes are throughput-bound, unlike a Welford update, which
-// chains every element to the previous one, and at least as accurate. bf16/fp16: the first pass
-// also writes the row to `copy` in the accumulation type, for the second pass and the caller.
+// Statistics of a row. fp32/fp64: two passes over it (a row stays in L1), the mean, then the sum
+// of squared deviations from it; both are throughput-bound, unlike a Welford update, which chains
+// every element to the previous one, and at least as accurate. bf16/fp16, where the kernel is
+// compute-bound: one pass of sums of x - x[0] and its square. Since x[0] is a value of the row,
+// (x[0] - mean)^2 <= D var, so the cancellation in m2 = S2 - S1^2 / D costs at most a relative
+// error of about D eps(fp32) (1e-4 at D = 1152), far below the 8-11 bits of the output.
 template <typename T>
-Welford<at::opmath_type<T>> row_stats(const T* x, int64_t D, at::opmath_type<T>* copy) {
+Welford<at::opmath_type<T>> row_stats(const T* x, int64_t D) {
   using A = at::opmath_type<T>;
   if (D == 0) return Welford<A>{0, 0, 0};
-  const A mean = sum_columns<T>(D, [&](auto L, int64_t d) {
-    const auto v = L.load(x + d);
-    if constexpr (!std::is_same_v<T, A>) L.store_acc(copy + d, v);
-    return v;
-  }) / D;
-  const A* xa = nullptr;
-  if constexpr (std::is_same_v<T, A>) {
-    xa = x;
+  if constexpr (!std::is_same_v<T, A>) {
+    const A origin = static_cast<A>(x[0]);
+    const auto [s1, s2] = sum_columns2<T>(D, [&](auto L, int64_t d) {
+      using V = typename decltype(L)::V;
+      const V dev = L.load(x + d) - V(origin);
+      return std::pair<V, V>{dev, dev * dev};
+    });
+    const A m2 = s2 - s1 * (s1 / D);
+    return Welford<A>{origin + s1 / D, m2 > A(0) ? m2 : A(0), static_cast<A>(D)};
   } else {
-    xa = copy;
+    const A mean = sum_columns<T>(D, [&](auto L, int64_t d) { return L.load(x + d); }) / D;
+    const A m2 = sum_columns<T>(D, [&](auto L, int64_t d) {
+      using V = typename decltype(L)::V;
+      const V dev = L.load(x + d) - V(mean);
+      return dev * dev;
+    });
+    return Welford<A>{mean, m2, static_cast<A>(D)};
   }
-  const A m2 = sum_columns<T>(D, [&](auto L, int64_t d) {
-    using V = typename decltype(L)::V;
-    const V dev = L.load_acc(xa + d) - V(mean);
-    return dev * dev;
-  });
-  return Welford<A>{mean, m2, static_cast<A>(D)};
 }
 
 // Pointers and sizes of one call; the ones an op does not use are null.
@@ -175,12 +201,12 @@ void to_acc(const T* src, at::opmath_type<T>* dst, int64_t D) {
 template <typename T, bool kNorm, bool kResidual>
 void forward_rows(const Args<T>& a, int64_t begin, int64_t end) {
   using A = at::opmath_type<T>;
-  // bf16/fp16: the row being normalised is converted once (by row_stats) and its frame's shift
-  // and scale once per frame, not per row, into fp32 buffers that the later passes read.
+  // bf16/fp16: the frame's shift and scale are converted once per frame, not per row, into fp32
+  // buffers that the output pass reads.
   constexpr bool kConvert = !std::is_same_v<T, A>;
   const int64_t D = a.D;
-  std::vector<A> buf(kNorm && kConvert ? 3 * D : 0);
-  A *row = buf.data(), *shift_buf = row + D, *scale_buf = shift_buf + D;
+  std::vector<A> buf(kNorm && kConvert ? 2 * D : 0);
+  A *shift_buf = buf.data(), *scale_buf = shift_buf + D;
   int64_t converted_frame = -1;
   for (int64_t r = begin; r < end; ++r) {
     const int64_t f = r / a.tokens_per_frame;
@@ -194,17 +220,17 @@ void forward_rows(const Args<T>& a, int64_t begin, int64_t end) {
       src = res;
     }
     if constexpr (kNorm) {
-      const auto w = row_stats(src, D, row);
-      const A *x = nullptr, *shift = nullptr, *scale = nullptr;
+      const auto w = row_stats(src, D);
+      const A *shift = nullptr, *scale = nullptr;
       if constexpr (kConvert) {
         if (f != converted_frame) {
           to_acc(a.shift + f * D, shift_buf, D);
           to_acc(a.scale + f * D, scale_buf, D);
           converted_frame = f;
         }
-        x = row, shift = shift_buf, scale = scale_buf;
+        shift = shift_buf, scale = scale_buf;
       } else {
-        x = src, shift = a.shift + f * D, scale = a.scale + f * D;
+        shift = a.shift + f * D, scale = a.scale + f * D;
       }
       const A mean = w.mean, rstd = layernorm_rstd(w, a.eps);
       a.mean[r] = mean;
@@ -212,7 +238,7 @@ void forward_rows(const Args<T>& a, int64_t begin, int64_t end) {
       T* y = a.y + r * D;
       store_columns(y, D, [&](auto L, int64_t d) {
         using V = typename decltype(L)::V;
-        return adaln_modulate_elem(L.load_acc(x + d), V(mean), V(rstd), L.load_acc(shift + d), L.load_acc(scale + d));
+        return adaln_modulate_elem(L.load(src + d), V(mean), V(rstd), L.load_acc(shift + d), L.load_acc(scale + d));
       });
     }
   }
