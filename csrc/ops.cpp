@@ -48,6 +48,10 @@ TORCH_LIBRARY(flowception, m) {
       " -> (Tensor, Tensor, Tensor)");
 }
 
+namespace flowception {
+const char* bf16_gemm_backend();  // csrc/cpu/local_attention.cpp
+}
+
 namespace {
 
 #ifndef FLOWCEPTION_CUDA_COMPILE_CHECKED
@@ -60,10 +64,11 @@ constexpr bool kCudaKernels = false;
 #endif
 
 PyObject* build_info(PyObject*, PyObject*) {
-  return Py_BuildValue("{s:s,s:O,s:O,s:O,s:s}", "torch_version", FLOWCEPTION_TORCH_VERSION,
+  return Py_BuildValue("{s:s,s:O,s:O,s:O,s:s,s:z}", "torch_version", FLOWCEPTION_TORCH_VERSION,
                        "cpu_kernels", Py_True, "cuda_kernels", kCudaKernels ? Py_True : Py_False,
                        "cuda_compile_checked", FLOWCEPTION_CUDA_COMPILE_CHECKED ? Py_True : Py_False,
-                       "cpu_capability", FLOWCEPTION_CPU_CAPABILITY_NAME);
+                       "cpu_capability", FLOWCEPTION_CPU_CAPABILITY_NAME,
+                       "cpu_bf16_gemm", flowception::bf16_gemm_backend());
 }
 
 PyMethodDef methods[] = {

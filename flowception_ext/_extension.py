@@ -50,7 +50,9 @@ def build_info() -> dict[str, Any]:
     Keys: ``torch_version`` (the running torch), ``built_for_torch``, ``cpu_kernels``,
     ``cuda_kernels``, ``cuda_compile_checked`` (the CUDA kernels were compiled by nvcc in this
     build), ``cpu_capability`` (the ``at::vec`` instruction set of the CPU kernels; ``None``
-    without the extension) and ``fallback_reason`` (why the references are used, or ``None``).
+    without the extension), ``cpu_bf16_gemm`` (``"amx"`` or ``"avx512_bf16"``: the bf16
+    dot-product GEMMs that the bf16 attention forward runs on this CPU; ``None``: it converts to
+    fp32) and ``fallback_reason`` (why the references are used, or ``None``).
     """
     if _module is None:
         return {
@@ -60,6 +62,7 @@ def build_info() -> dict[str, Any]:
             "cuda_kernels": False,
             "cuda_compile_checked": False,
             "cpu_capability": None,
+            "cpu_bf16_gemm": None,
             "fallback_reason": _problem,
         }
     info = dict(_module.build_info())

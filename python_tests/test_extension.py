@@ -23,6 +23,7 @@ def test_build_info_keys_and_types():
     if info["cpu_kernels"]:
         assert info["built_for_torch"] == torch.__version__
         assert info["cpu_capability"] in ("DEFAULT", "AVX2", "AVX512")
+        assert info["cpu_bf16_gemm"] in (None, "amx", "avx512_bf16")
         assert info["fallback_reason"] is None
     else:
         assert isinstance(info["fallback_reason"], str)

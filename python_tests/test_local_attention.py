@@ -89,6 +89,57 @@ def test_low_precision_within_twice_sdpa_error(dtype, lengths, P, d, window, cau
         assert ours_err <= 2 * low_err + 1e-6 * e.abs().max().item(), (name, ours_err, low_err)
 
 
+BF16_PACKED_CASES = [(33, 64, 2, False), (65, 32, 0, False), (65, 128, 1, True), (100, 64, -1, False),
+                     (257, 64, 1, False), (48, 128, 7, True)]
+
+
+def _qkv_view(lengths, P, d, seed):
+    """bf16 q, k, v read in place from a fused qkv ([T, 3, H, d], rows of stride 6 d)."""
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(sum(lengths) * P, 3, 2, d, generator=g, dtype=torch.float64).to(torch.bfloat16)
+    return qkv.unbind(1)
+
+
+@requires_extension
+@pytest.mark.parametrize("P, d, window, causal", BF16_PACKED_CASES)
+def test_bf16_packed_path_within_twice_sdpa_error(P, d, window, causal):
+    """bf16 with frames of > 32 tokens: the forward and the backward's softmax delta run bf16
+    dot-product GEMMs where the CPU has them (``build_info()["cpu_bf16_gemm"]``)."""
+    lengths = [3, 0, 1, 5] if P < 200 else [2, 3]
+    cu = torch.tensor([0] + lengths).cumsum(0)
+    q, k, v = _qkv_view(lengths, P, d, seed=P + d)
+    grad = torch.randn(q.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(torch.bfloat16)
+    scale = d**-0.5
+    exact = out_and_grads(lambda *t: sdpa_dense(*t, cu, P, window, causal, scale), q.double(), k.double(), v.double(), grad.double())
+    ours = out_and_grads(lambda q, k, v: local_frame_attention(q, k, v, cu, P, window, scale, causal=causal)[0], q, k, v, grad)
+    low = out_and_grads(lambda *t: sdpa_dense(*t, cu, P, window, causal, scale), q, k, v, grad)
+    for name, a, b, e in zip(("out", "dq", "dk", "dv"), ours, low, exact):
+        ours_err, low_err = (a.double() - e).abs().max().item(), (b.double() - e).abs().max().item()
+        assert a.dtype == torch.bfloat16 and ours_err <= 2 * low_err + 1e-6 * e.abs().max().item(), (name, ours_err, low_err)
+    lse = local_frame_attention(q, k, v, cu, P, window, scale, causal=causal)[1]
+    exact_lse = local_frame_attention(q.double(), k.double(), v.double(), cu, P, window, scale, causal=causal)[1]
+    assert (lse.double() - exact_lse).abs().max().item() < 0.05
+
+
+@requires_extension
+@pytest.mark.parametrize("P, window", [(65, 2), (48, -1)])
+def test_bf16_backward_delta_with_grad_lse(P, window):
+    """The bf16 backward (softmax delta from its own sweep, grad_lse included) against the same
+    backward on the inputs converted to fp32: equal up to bf16 rounding of the gradients."""
+    lengths, d = [4, 2], 64
+    cu = torch.tensor([0] + lengths).cumsum(0)
+    q, k, v = _qkv_view(lengths, P, d, seed=7)
+    g = torch.Generator().manual_seed(8)
+    grad_out = torch.randn(q.shape, generator=g).to(torch.bfloat16)
+    out, lse = local_frame_attention(q, k, v, cu, P, window)
+    grad_lse = torch.randn(lse.shape, generator=g)
+    bwd = torch.ops.flowception.local_frame_attention_backward
+    ours = bwd(grad_out, q, k, v, None, lse, grad_lse, cu, P, window, False, d**-0.5)
+    ref = bwd(grad_out.float(), q.float(), k.float(), v.float(), None, lse, grad_lse, cu, P, window, False, d**-0.5)
+    for name, a, b in zip(("dq", "dk", "dv"), ours, ref):
+        assert rel_err(a, b) < 1e-2, name
+
+
 @requires_extension
 @pytest.mark.parametrize("causal", [False, True])
 def test_lse_matches_reference_and_is_differentiable(causal):

@@ -11,8 +11,8 @@
 // per (video, head), owned by one thread, over key tiles and the queries that see them (the
 // transposed window), so dq, dk and dv need no atomics. GEMMs run in fp32 (fp64 for fp64 inputs);
 // bf16/fp16 rows are converted once per (video, head) per thread (RowReader). Exception: the
-// bf16 forward with frames of more than 32 tokens runs bf16 GEMMs on AMX (forward_bf16_amx)
-// when the CPU has them.
+// bf16 forward with frames of more than 32 tokens runs bf16 GEMMs (forward_bf16_packed) on AMX
+// or on AVX512-BF16 dot products when the CPU has them.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -22,9 +22,14 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
-#include <numeric>
+#include <cstring>
 #include <limits>
+#include <memory>
+#include <numeric>
+#include <optional>
+#include <utility>
 #include <vector>
 
 #include "common/frame_window.h"
@@ -319,56 +324,211 @@ void forward_kernel(const Tensor& q_, const Tensor& k_, const Tensor& v_, const 
   });
 }
 
-// ---- bf16 forward on AMX tiles ------------------------------------------------------------
+// ---- bf16 GEMMs on bf16 dot-product hardware ---------------------------------------------
 
-// oneDNN's brgemm ukernel packs B (row-major [K, N], K even) into the VNNI layout in column
-// blocks of at most kPackCols (N a multiple of 16); block c sits at dst + K * c.
+// C[M, N] (+)= A[M, K] B in fp32, A row-major bf16 and B packed once by `pack` from a row-major
+// [K, N] matrix (N a multiple of 16). Two backends: AMX tiles through oneDNN's brgemm ukernel
+// (its own packing, in column blocks of at most kPackCols), or, where the build has
+// AVX512-BF16, a register-blocked kernel on vdpbf16ps with B in the VNNI layout: pairs of
+// consecutive rows interleaved, b[k / 2][n][k % 2] (K padded to even with zeros).
 constexpr int64_t kPackCols = 64;
 
-void pack_bf16(int64_t K, int64_t N, const at::BFloat16* src, at::BFloat16* dst) {
-  std::vector<at::BFloat16> block(K * kPackCols);
-  for (int64_t c = 0; c < N; c += kPackCols) {
-    const int64_t w = std::min(kPackCols, N - c);
-    for (int64_t r = 0; r < K; ++r) std::copy(src + r * N + c, src + r * N + c + w, block.data() + r * w);
-    at::native::cpublas::pack(K, w, w, w, at::kBFloat16, at::kBFloat16, block.data(), dst + K * c);
+#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
+constexpr bool kHaveDpBf16 = true;
+
+// Rows [0, MR) x vectors [0, NB) of 16 columns of C: MR * NB accumulators live in registers
+// while the K / 2 row pairs of B stream past.
+template <int MR, int NB>
+void dpbf16_block(int64_t K2, const at::BFloat16* a, int64_t lda, const at::BFloat16* b, int64_t ldb, float* c,
+                  int64_t ldc, bool add) {
+  __m512 acc[MR][NB];
+  for (int r = 0; r < MR; ++r) {
+    for (int v = 0; v < NB; ++v) acc[r][v] = add ? _mm512_loadu_ps(c + r * ldc + 16 * v) : _mm512_setzero_ps();
+  }
+  for (int64_t kp = 0; kp < K2; ++kp) {
+    __m512bh bv[NB];
+    for (int v = 0; v < NB; ++v) bv[v] = (__m512bh)_mm512_loadu_si512(b + kp * ldb + 32 * v);
+    for (int r = 0; r < MR; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, a + r * lda + 2 * kp, sizeof(pair));
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
+      for (int v = 0; v < NB; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], av, bv[v]);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    for (int v = 0; v < NB; ++v) _mm512_storeu_ps(c + r * ldc + 16 * v, acc[r][v]);
   }
 }
 
-// C[M, N] (+)= A[M, K] B with B packed by pack_bf16; fp32 accumulation.
-void brgemm_bf16(int64_t M, int64_t N, int64_t K, const at::BFloat16* a, int64_t lda, const at::BFloat16* b_packed,
+template <int MR, int... NB>
+constexpr auto dpbf16_row(std::integer_sequence<int, NB...>) {
+  return std::array{&dpbf16_block<MR, NB + 1>...};
+}
+
+// K even (A's rows are read in pairs).
+void dpbf16_gemm(int64_t M, int64_t N, int64_t K, const at::BFloat16* a, int64_t lda, const at::BFloat16* b,
                  float* c, int64_t ldc, bool add) {
-  for (int64_t j = 0; j < N; j += kPackCols) {
-    at::native::cpublas::brgemm(M, std::min(kPackCols, N - j), K, lda, std::min(kPackCols, N - j), ldc, add, a,
-                                b_packed + K * j, c + j, true);
+  constexpr int kMR = 4, kNB = 4;
+  using NBs = std::make_integer_sequence<int, kNB>;
+  static constexpr std::array blocks{dpbf16_row<1>(NBs{}), dpbf16_row<2>(NBs{}), dpbf16_row<3>(NBs{}), dpbf16_row<4>(NBs{})};
+  for (int64_t j = 0; j < N; j += 16 * kNB) {
+    const int64_t nb = std::min<int64_t>(kNB, (N - j) / 16);
+    for (int64_t i = 0; i < M; i += kMR) {
+      const int64_t mr = std::min<int64_t>(kMR, M - i);
+      blocks[mr - 1][nb - 1](K / 2, a + i * lda, lda, b + 2 * j, 2 * N, c + i * ldc + j, ldc, add);
+    }
   }
+}
+#else
+constexpr bool kHaveDpBf16 = false;
+#endif
+
+struct Bf16Gemm {
+  bool amx;  // else vdpbf16ps (kHaveDpBf16)
+
+  // Elements of a packed [K, N] matrix.
+  static int64_t packed_size(int64_t K, int64_t N) { return (K + 1) / 2 * 2 * N; }
+
+  // Packs B = X^T [K, N_pad] for X = N rows of K values (row stride ld), columns >= N zero.
+  void pack_transposed(const at::BFloat16* x, int64_t ld, int64_t N, int64_t N_pad, int64_t K,
+                       at::BFloat16* dst) const {
+    if (amx) {
+      std::vector<at::BFloat16> b(K * N_pad, at::BFloat16(0.f));
+      for (int64_t n = 0; n < N; ++n) {
+        for (int64_t k = 0; k < K; ++k) b[k * N_pad + n] = x[n * ld + k];
+      }
+      return amx_pack(K, N_pad, b.data(), dst);
+    }
+    // VNNI: the pair (x[n][2p], x[n][2p + 1]) goes whole to 32-bit slot [p][n]; written in
+    // order, reading the N rows (in L1) once per pair.
+    uint32_t* out = reinterpret_cast<uint32_t*>(dst);
+    for (int64_t p = 0; p < (K + 1) / 2; ++p, out += N_pad) {
+      for (int64_t n = 0; n < N; ++n) {
+        const at::BFloat16* pair = x + n * ld + 2 * p;
+        out[n] = bits(pair[0]) | (2 * p + 1 < K ? bits(pair[1]) << 16 : 0u);
+      }
+      std::fill(out + N, out + N_pad, 0u);
+    }
+  }
+
+  // Packs B = X [K_pad, N] for X = K rows of N values (row stride ld), rows >= K zero.
+  void pack(const at::BFloat16* x, int64_t ld, int64_t K, int64_t K_pad, int64_t N, at::BFloat16* dst) const {
+    if (amx) {
+      std::vector<at::BFloat16> b(K_pad * N, at::BFloat16(0.f));
+      for (int64_t k = 0; k < K; ++k) std::copy_n(x + k * ld, N, b.data() + k * N);
+      return amx_pack(K_pad, N, b.data(), dst);
+    }
+    // VNNI: rows 2p and 2p + 1 interleaved into pair row p, written in order.
+    uint32_t* out = reinterpret_cast<uint32_t*>(dst);
+    for (int64_t p = 0; p < (K_pad + 1) / 2; ++p, out += N) {
+      const at::BFloat16* lo = 2 * p < K ? x + 2 * p * ld : nullptr;
+      const at::BFloat16* hi = 2 * p + 1 < K ? x + (2 * p + 1) * ld : nullptr;
+      for (int64_t n = 0; n < N; ++n) out[n] = (lo ? bits(lo[n]) : 0u) | (hi ? bits(hi[n]) << 16 : 0u);
+    }
+  }
+
+  static uint32_t bits(at::BFloat16 x) { return x.x; }
+
+  // oneDNN's packing of row-major b [K, N] (K even), in column blocks of at most kPackCols;
+  // block c sits at dst + K * c.
+  static void amx_pack(int64_t K, int64_t N, const at::BFloat16* b, at::BFloat16* dst) {
+    std::vector<at::BFloat16> block(K * kPackCols);
+    for (int64_t c = 0; c < N; c += kPackCols) {
+      const int64_t w = std::min(kPackCols, N - c);
+      for (int64_t r = 0; r < K; ++r) std::copy(b + r * N + c, b + r * N + c + w, block.data() + r * w);
+      at::native::cpublas::pack(K, w, w, w, at::kBFloat16, at::kBFloat16, block.data(), dst + K * c);
+    }
+  }
+
+  // C[M, N] (+)= A[M, K] B, B packed by pack or pack_transposed; K even for the dot-product backend.
+  void run(int64_t M, int64_t N, int64_t K, const at::BFloat16* a, int64_t lda, const at::BFloat16* b_packed,
+           float* c, int64_t ldc, bool add) const {
+    if (amx) {
+      for (int64_t j = 0; j < N; j += kPackCols) {
+        at::native::cpublas::brgemm(M, std::min(kPackCols, N - j), K, lda, std::min(kPackCols, N - j), ldc, add, a,
+                                    b_packed + K * j, c + j, true);
+      }
+      return;
+    }
+#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
+    dpbf16_gemm(M, N, K, a, lda, b_packed, c, ldc, add);
+#endif
+  }
+
+  void release() const {
+    if (amx) at::native::cpublas::brgemm_release(true);
+  }
+};
+
+// The bf16 GEMM backend of this machine, if any.
+std::optional<Bf16Gemm> bf16_gemm() {
+  if (at::native::cpublas::could_pack(at::kBFloat16)) return Bf16Gemm{true};
+  if (kHaveDpBf16) return Bf16Gemm{false};
+  return std::nullopt;
+}
+
+// Rounds the 16 floats of v to bf16 at dst (natively where the build has AVX512-BF16).
+inline void store_bf16(at::BFloat16* dst, const at::vec::Vectorized<float>& v) {
+#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)_mm512_cvtneps_pbh(v));
+#else
+  at::vec::convert_from_float<at::BFloat16>(v, v).store(dst, at::vec::Vectorized<float>::size());
+#endif
+}
+
+// p = bf16(exp(scale * s - shift)) for the n scores s of a row (p feeds the bf16 P V GEMM,
+// rounded as flash attention rounds it), and p = 0 up to the next multiple of 16: the caller
+// gives that room. Returns the sum of the unrounded exponentials.
+float exp_to_bf16_sum(const float* s, int64_t n, float scale, float shift, at::BFloat16* p) {
+  using Vec = at::vec::Vectorized<float>;
+  static_assert(Vec::size() == 16 || Vec::size() == 8, "16 must be a multiple of the vector width");
+  Vec acc(0.f);
+  for (int64_t j = 0; j < n; j += Vec::size()) {
+    const int64_t count = std::min<int64_t>(Vec::size(), n - j);
+    const Vec x = count == Vec::size() ? Vec::loadu(s + j) : Vec::loadu(s + j, count);
+    Vec e = at::vec::fmadd(x, Vec(scale), Vec(-shift)).exp_u20();
+    if (count < Vec::size()) e = Vec::set(Vec(0.f), e, count);
+    acc += e;
+    store_bf16(p + j, e);
+  }
+  for (int64_t j = (n + Vec::size() - 1) / Vec::size() * Vec::size(); j < (n + 15) / 16 * 16; j += Vec::size()) {
+    store_bf16(p + j, Vec(0.f));
+  }
+  return at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, acc);
+}
+
+// dst[j] = bf16(alpha * src[j]) for j < n.
+void store_scaled_bf16(const float* src, int64_t n, float alpha, at::BFloat16* dst) {
+  using Vec = at::vec::Vectorized<float>;
+  int64_t j = 0;
+  for (; j + Vec::size() <= n; j += Vec::size()) store_bf16(dst + j, Vec::loadu(src + j) * Vec(alpha));
+  for (; j < n; ++j) dst[j] = at::BFloat16(alpha * src[j]);
 }
 
 // K^T and V of every (frame, head) are packed once (O(T) memory, frames padded to Pp tokens,
 // a multiple of 16); then per one-frame tile and key frame, S = Q K^T and O += P V are bf16
-// GEMMs with fp32 accumulation (P rounded to bf16, as flash attention does).
-void forward_bf16_amx(const Tensor& q_, const Tensor& k_, const Tensor& v_, const std::vector<Tile>& tiles, int64_t P,
-                      FrameReach reach, double scale_, Tensor& out, Tensor& lse) {
+// GEMMs with fp32 accumulation (P rounded to bf16, as flash attention does). Only the first P
+// score columns of each key frame are read; P V runs over kv >= P rows of the padded V (the
+// dot-product kernel needs an even count, AMX all Pp), with zero probabilities past P.
+void forward_bf16_packed(const Bf16Gemm& gemm, const Tensor& q_, const Tensor& k_, const Tensor& v_,
+                         const std::vector<Tile>& tiles, int64_t P, FrameReach reach, double scale_, Tensor& out,
+                         Tensor& lse) {
   using S = at::BFloat16;
   using Vec = at::vec::Vectorized<float>;
   const int64_t T_ = q_.size(0), H = q_.size(1), d = q_.size(2), frames = T_ / P;
-  const int64_t Pp = (P + 15) / 16 * 16;
-  const int64_t block = d * Pp;  // elements of one packed (frame, head) matrix
-  std::vector<S> k_packed(frames * H * block), v_packed(frames * H * block);
+  const int64_t Pp = (P + 15) / 16 * 16, kv = gemm.amx ? Pp : (P + 1) / 2 * 2;
+  const int64_t block = Bf16Gemm::packed_size(d, Pp);  // elements of one packed (frame, head) matrix
+  // Uninitialised: packing writes every element, padding included.
+  std::unique_ptr<S[]> k_packed(new S[frames * H * block]), v_packed(new S[frames * H * block]);
   const S* k = k_.const_data_ptr<S>();
   const S* v = v_.const_data_ptr<S>();
   at::parallel_for(0, frames * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<S> tmp(block, S(0));  // padding tokens stay 0
     for (int64_t w = begin; w < end; ++w) {
       const int64_t g = w / H, h = w % H;
-      for (int64_t j = 0; j < P; ++j) {  // K^T [d, Pp]
-        const S* row = k + (g * P + j) * k_.stride(0) + h * k_.stride(1);
-        for (int64_t e = 0; e < d; ++e) tmp[e * Pp + j] = row[e];
-      }
-      pack_bf16(d, Pp, tmp.data(), k_packed.data() + w * block);
-      for (int64_t j = 0; j < P; ++j) {  // V [Pp, d]
-        std::copy_n(v + (g * P + j) * v_.stride(0) + h * v_.stride(1), d, tmp.data() + j * d);
-      }
-      pack_bf16(Pp, d, tmp.data(), v_packed.data() + w * block);
+      gemm.pack_transposed(k + g * P * k_.stride(0) + h * k_.stride(1), k_.stride(0), P, Pp, d,
+                           k_packed.get() + w * block);  // K^T [d, Pp]
+      gemm.pack(v + g * P * v_.stride(0) + h * v_.stride(1), v_.stride(0), P, Pp, d,
+                v_packed.get() + w * block);  // V [Pp, d]
     }
   });
 
@@ -396,30 +556,111 @@ void forward_bf16_amx(const Tensor& q_, const Tensor& k_, const Tensor& v_, cons
       for (int64_t g0 = reach_lo(reach, tile.f0, tile.v0); g0 < g_end; g0 += fc) {
         const int64_t nf = std::min(fc, g_end - g0), n = nf * Pp;
         for (int64_t g = g0; g < g0 + nf; ++g) {
-          brgemm_bf16(m, Pp, d, qa, q_.stride(0), k_packed.data() + (g * H + h) * block, s + (g - g0) * Pp, n, false);
+          gemm.run(m, Pp, d, qa, q_.stride(0), k_packed.get() + (g * H + h) * block, s + (g - g0) * Pp, n, false);
         }
         for (int64_t i = 0; i < m; ++i) {
-          float* row = s + i * n;
-          at::vec::map<float>([scale](Vec x) { return x * Vec(scale); }, row, row, n);
-          for (int64_t f = 0; f < nf; ++f) std::fill(row + f * Pp + P, row + (f + 1) * Pp, -std::numeric_limits<float>::infinity());
-          const float factor = online_softmax_update(row_m[i], row_max(row, n));
-          row_l[i] = row_l[i] * factor + exp_shift_sum(row, n, softmax_shift(row_m[i]));
-          if (factor != 1.f) {
-            for (int64_t j = 0; j < d; ++j) o[i * d + j] *= factor;
+          const float* row = s + i * n;
+          S* p_row = p_bf16.data() + i * n;
+          float chunk_max = -std::numeric_limits<float>::infinity();
+          for (int64_t f = 0; f < nf; ++f) {
+            chunk_max = std::max(chunk_max, at::vec::map_reduce_all<float>(
+                [scale](Vec x) { return x * Vec(scale); }, [](Vec a, Vec b) { return at::vec::maximum(a, b); },
+                row + f * Pp, P));
           }
-          at::vec::convert(row, p_bf16.data() + i * n, n);
+          const float factor = online_softmax_update(row_m[i], chunk_max);
+          const float shift = softmax_shift(row_m[i]);
+          float sum = 0.f;
+          for (int64_t f = 0; f < nf; ++f) sum += exp_to_bf16_sum(row + f * Pp, P, scale, shift, p_row + f * Pp);
+          row_l[i] = row_l[i] * factor + sum;
+          if (factor != 1.f) at::vec::map<float>([factor](Vec x) { return x * Vec(factor); }, o + i * d, o + i * d, d);
         }
         for (int64_t g = g0; g < g0 + nf; ++g) {
-          brgemm_bf16(m, d, Pp, p_bf16.data() + (g - g0) * Pp, n, v_packed.data() + (g * H + h) * block, o, d, true);
+          gemm.run(m, d, kv, p_bf16.data() + (g - g0) * Pp, n, v_packed.get() + (g * H + h) * block, o, d, true);
         }
       }
       for (int64_t i = 0; i < m; ++i) {
-        store_rows(o + i * d, 1, d, row_l[i] > 0 ? 1.f / row_l[i] : 0.f, out_p + (r0 + i) * H * d + h * d, H * d);
+        store_scaled_bf16(o + i * d, d, row_l[i] > 0 ? 1.f / row_l[i] : 0.f, out_p + (r0 + i) * H * d + h * d);
         lse_p[h * T_ + r0 + i] = softmax_lse(row_m[i], row_l[i]);
       }
     }
-    at::native::cpublas::brgemm_release(true);
+    gemm.release();
   });
+}
+
+// sum_j exp(scale * s_j - lse) * dp_j over the n entries of a row.
+float exp_dot(const float* s, const float* dp, int64_t n, float scale, float lse) {
+  using Vec = at::vec::Vectorized<float>;
+  Vec acc(0.f);
+  int64_t j = 0;
+  for (; j + Vec::size() <= n; j += Vec::size()) {
+    acc = at::vec::fmadd(at::vec::fmadd(Vec::loadu(s + j), Vec(scale), Vec(-lse)).exp_u20(), Vec::loadu(dp + j), acc);
+  }
+  float sum = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, acc);
+  for (; j < n; ++j) sum += fc_exp(s[j] * scale - lse) * dp[j];
+  return sum;
+}
+
+// The softmax delta of the bf16 backward, delta_i = sum_j P_ij dP_ij - grad_lse_i for every query
+// row ([H, T] fp32), with S = Q K^T and dP = dO V^T as bf16 GEMMs on K^T and V^T packed once and
+// P = exp(scale S - lse). The products of bf16 values are exact in fp32, so this gives the values
+// of backward_kernel's own delta sweep (fp32 GEMMs on the converted rows) up to summation order.
+// One-frame tiles, as in forward_bf16_packed.
+Tensor softmax_delta_bf16_packed(const Bf16Gemm& gemm, const Tensor& grad_out_, const Tensor& q_, const Tensor& k_,
+                                 const Tensor& v_, const Tensor& lse_, const Tensor& grad_lse_,
+                                 const std::vector<Tile>& tiles, int64_t P, FrameReach reach, double scale_) {
+  using S = at::BFloat16;
+  const int64_t T_ = q_.size(0), H = q_.size(1), d = q_.size(2), frames = T_ / P;
+  const int64_t Pp = (P + 15) / 16 * 16;
+  const int64_t block = Bf16Gemm::packed_size(d, Pp);
+  std::unique_ptr<S[]> k_packed(new S[frames * H * block]), v_packed(new S[frames * H * block]);
+  at::parallel_for(0, frames * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t w = begin; w < end; ++w) {
+      const int64_t g = w / H, h = w % H;
+      for (auto [t, packed] : {std::pair{&k_, k_packed.get()}, std::pair{&v_, v_packed.get()}}) {
+        gemm.pack_transposed(t->const_data_ptr<S>() + g * P * t->stride(0) + h * t->stride(1), t->stride(0), P, Pp, d,
+                             packed + w * block);  // K^T, V^T [d, Pp]
+      }
+    }
+  });
+
+  const int64_t fc = std::max<int64_t>(1, chunk_cols(P) / Pp);  // key frames per chunk
+  const float scale = static_cast<float>(scale_);
+  const S* q = q_.const_data_ptr<S>();
+  const S* go = grad_out_.const_data_ptr<S>();
+  const float* lse = lse_.const_data_ptr<float>();
+  const float* grad_lse = grad_lse_.defined() ? grad_lse_.const_data_ptr<float>() : nullptr;
+  Tensor delta = at::empty({H, T_}, lse_.options());
+  float* delta_p = delta.data_ptr<float>();
+  const int64_t n_tiles = static_cast<int64_t>(tiles.size());
+  at::parallel_for(0, n_tiles * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf(2 * P * fc * Pp);
+    for (int64_t w = begin; w < end; ++w) {
+      const Tile& tile = tiles[w % n_tiles];
+      const int64_t h = w / n_tiles, r0 = tile.f0 * P, m = P;
+      float* s = buf.data();
+      float* dp = s + m * fc * Pp;
+      const S* qa = q + r0 * q_.stride(0) + h * q_.stride(1);
+      const S* goa = go + r0 * grad_out_.stride(0) + h * grad_out_.stride(1);
+      float* out = delta_p + h * T_ + r0;
+      for (int64_t i = 0; i < m; ++i) out[i] = grad_lse != nullptr ? -grad_lse[h * T_ + r0 + i] : 0.f;
+      const int64_t g_end = reach_hi(reach, tile.f0, tile.v1);
+      for (int64_t g0 = reach_lo(reach, tile.f0, tile.v0); g0 < g_end; g0 += fc) {
+        const int64_t nf = std::min(fc, g_end - g0), n = nf * Pp;
+        for (int64_t g = g0; g < g0 + nf; ++g) {
+          const int64_t packed = (g * H + h) * block, col = (g - g0) * Pp;
+          gemm.run(m, Pp, d, qa, q_.stride(0), k_packed.get() + packed, s + col, n, false);
+          gemm.run(m, Pp, d, goa, grad_out_.stride(0), v_packed.get() + packed, dp + col, n, false);
+        }
+        for (int64_t i = 0; i < m; ++i) {
+          for (int64_t f = 0; f < nf; ++f) {
+            out[i] += exp_dot(s + i * n + f * Pp, dp + i * n + f * Pp, P, scale, lse[h * T_ + r0 + i]);
+          }
+        }
+      }
+    }
+    gemm.release();
+  });
+  return delta;
 }
 
 std::tuple<Tensor, Tensor> local_frame_attention_cpu(const Tensor& q, const Tensor& k, const Tensor& v,
@@ -430,10 +671,11 @@ std::tuple<Tensor, Tensor> local_frame_attention_cpu(const Tensor& q, const Tens
   Tensor lse = at::empty({q.size(1), q.size(0)}, q.options().dtype(lse_dtype(q.scalar_type())));
   if (q.numel() > 0) {
     const auto tiles = frame_tiles(cu.data_ptr<int64_t>(), cu.numel() - 1, tokens_per_frame);
-    if (q.scalar_type() == at::kBFloat16 && tokens_per_frame > kTileRows / 2 &&
-        at::native::cpublas::could_pack(at::kBFloat16)) {
-      forward_bf16_amx(rows_view(q), rows_view(k), rows_view(v), tiles, tokens_per_frame, query_reach(window, causal),
-                       scale, out, lse);
+    const auto gemm = q.scalar_type() == at::kBFloat16 && tokens_per_frame > kTileRows / 2 && q.size(2) % 2 == 0
+                          ? bf16_gemm() : std::nullopt;
+    if (gemm) {
+      forward_bf16_packed(*gemm, rows_view(q), rows_view(k), rows_view(v), tiles, tokens_per_frame,
+                          query_reach(window, causal), scale, out, lse);
     } else {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "local_frame_attention_cpu", [&] {
         forward_kernel<scalar_t>(rows_view(q), rows_view(k), rows_view(v), tiles, tokens_per_frame,
@@ -469,12 +711,13 @@ void for_each_video_head(const int64_t* cu, int64_t num_videos, int64_t H, const
 // accumulated in the thread's buffer of the video's rows (no atomics, no T x T memory).
 // delta_i = <dO_i, O_i> - grad_lse_i from `out` when given (fp32/fp64); a bf16/fp16 `out` is
 // rounded too coarsely, so then delta_i = sum_j P_ij dP_ij - grad_lse_i is computed exactly by a
-// first sweep over the queries (two more GEMMs per chunk).
+// first sweep over the queries (two more GEMMs per chunk), or given as `delta_` ([H, T], from
+// softmax_delta_bf16_packed).
 template <typename S>
 void backward_kernel(const Tensor& grad_out_, const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& out_,
                      const Tensor& lse_, const Tensor& grad_lse_, const int64_t* cu, int64_t num_videos,
                      const std::vector<Tile>& tiles, int64_t P, int64_t window, bool causal, double scale_,
-                     Tensor& dq, Tensor& dk, Tensor& dv) {
+                     const Tensor& delta_, Tensor& dq, Tensor& dk, Tensor& dv) {
   using T = at::opmath_type<S>;
   using Vec = at::vec::Vectorized<T>;
   const int64_t T_ = q_.size(0), H = q_.size(1), d = q_.size(2);
@@ -510,7 +753,10 @@ void backward_kernel(const Tensor& grad_out_, const Tensor& q_, const Tensor& k_
     st.delta.assign(vt, T(0));
     st.dq.assign(vt * d, T(0));
     for (int64_t i = 0; i < vt; ++i) st.delta[i] = grad_lse != nullptr ? -grad_lse[h * T_ + vb + i] : T(0);
-    if (out_.defined()) {
+    if (delta_.defined()) {
+      const T* given = delta_.const_data_ptr<T>() + h * T_ + vb;
+      std::copy(given, given + vt, st.delta.begin());
+    } else if (out_.defined()) {
       const T* goa = st.go.rows(vb, vb + vt, h, vb);
       for (int64_t i = 0; i < vt; ++i) {
         const S* o = out_.const_data_ptr<S>() + (vb + i) * out_.stride(0) + h * out_.stride(1);
@@ -574,17 +820,34 @@ std::tuple<Tensor, Tensor, Tensor> local_frame_attention_backward_cpu(
   Tensor dq = empty_tokens(q), dk = empty_tokens(q), dv = empty_tokens(q);
   if (q.numel() > 0) {
     const auto tiles = frame_tiles(cu.data_ptr<int64_t>(), cu.numel() - 1, tokens_per_frame);
+    const Tensor lse_c = lse.contiguous();
+    const Tensor grad_lse_c = grad_lse.has_value() ? grad_lse->contiguous() : Tensor();
+    // bf16 without an exact `out`: the delta sweep on bf16 GEMMs where the forward uses them.
+    Tensor delta;
+    const auto gemm = q.scalar_type() == at::kBFloat16 && !out.has_value() && tokens_per_frame > kTileRows / 2 &&
+                              q.size(2) % 2 == 0
+                          ? bf16_gemm() : std::nullopt;
+    if (gemm) {
+      delta = softmax_delta_bf16_packed(*gemm, rows_view(grad_out), rows_view(q), rows_view(k), rows_view(v), lse_c,
+                                        grad_lse_c, tiles, tokens_per_frame, query_reach(window, causal), scale);
+    }
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "local_frame_attention_backward_cpu", [&] {
       backward_kernel<scalar_t>(rows_view(grad_out), rows_view(q), rows_view(k), rows_view(v),
-                                out.has_value() ? rows_view(*out) : Tensor(), lse.contiguous(),
-                                grad_lse.has_value() ? grad_lse->contiguous() : Tensor(), cu.data_ptr<int64_t>(),
-                                cu.numel() - 1, tiles, tokens_per_frame, window, causal, scale, dq, dk, dv);
+                                out.has_value() ? rows_view(*out) : Tensor(), lse_c, grad_lse_c,
+                                cu.data_ptr<int64_t>(), cu.numel() - 1, tiles, tokens_per_frame, window, causal, scale,
+                                delta, dq, dk, dv);
     });
   }
   return {dq, dk, dv};
 }
 
 }  // namespace
+
+// For build_info (csrc/ops.cpp): which bf16 GEMMs the bf16 attention forward runs, or null.
+const char* bf16_gemm_backend() {
+  const auto gemm = bf16_gemm();
+  return gemm ? (gemm->amx ? "amx" : "avx512_bf16") : nullptr;
+}
 
 TORCH_LIBRARY_IMPL(flowception, CPU, m) {
   m.impl("local_frame_attention", &local_frame_attention_cpu);
