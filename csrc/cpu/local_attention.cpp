@@ -10,9 +10,10 @@
 // Backward (FlashAttention-2 style, probabilities recomputed from the log-sum-exp): one sweep
 // per (video, head), owned by one thread, over key tiles and the queries that see them (the
 // transposed window), so dq, dk and dv need no atomics. GEMMs run in fp32 (fp64 for fp64 inputs);
-// bf16/fp16 rows are converted once per (video, head) per thread (RowReader). Exception: the
-// bf16 forward with frames of more than 32 tokens runs bf16 GEMMs (forward_bf16_packed) on AMX
-// or on AVX512-BF16 dot products when the CPU has them.
+// bf16/fp16 rows are converted once per (video, head) per thread (RowReader). Exception: for
+// bf16 with frames of more than 32 tokens and d a multiple of 16, the forward and the backward's
+// softmax-delta sweep run bf16 GEMMs (forward_bf16_packed, softmax_delta_bf16_packed) on AMX or
+// on AVX512-BF16 dot products when the CPU has them.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -365,7 +366,7 @@ constexpr auto dpbf16_row(std::integer_sequence<int, NB...>) {
   return std::array{&dpbf16_block<MR, NB + 1>...};
 }
 
-// K even (A's rows are read in pairs).
+// K even (A's rows are read in pairs), N a multiple of 16.
 void dpbf16_gemm(int64_t M, int64_t N, int64_t K, const at::BFloat16* a, int64_t lda, const at::BFloat16* b,
                  float* c, int64_t ldc, bool add) {
   constexpr int kMR = 4, kNB = 4;
@@ -671,7 +672,7 @@ std::tuple<Tensor, Tensor> local_frame_attention_cpu(const Tensor& q, const Tens
   Tensor lse = at::empty({q.size(1), q.size(0)}, q.options().dtype(lse_dtype(q.scalar_type())));
   if (q.numel() > 0) {
     const auto tiles = frame_tiles(cu.data_ptr<int64_t>(), cu.numel() - 1, tokens_per_frame);
-    const auto gemm = q.scalar_type() == at::kBFloat16 && tokens_per_frame > kTileRows / 2 && q.size(2) % 2 == 0
+    const auto gemm = q.scalar_type() == at::kBFloat16 && tokens_per_frame > kTileRows / 2 && q.size(2) % 16 == 0
                           ? bf16_gemm() : std::nullopt;
     if (gemm) {
       forward_bf16_packed(*gemm, rows_view(q), rows_view(k), rows_view(v), tiles, tokens_per_frame,
@@ -825,7 +826,7 @@ std::tuple<Tensor, Tensor, Tensor> local_frame_attention_backward_cpu(
     // bf16 without an exact `out`: the delta sweep on bf16 GEMMs where the forward uses them.
     Tensor delta;
     const auto gemm = q.scalar_type() == at::kBFloat16 && !out.has_value() && tokens_per_frame > kTileRows / 2 &&
-                              q.size(2) % 2 == 0
+                              q.size(2) % 16 == 0
                           ? bf16_gemm() : std::nullopt;
     if (gemm) {
       delta = softmax_delta_bf16_packed(*gemm, rows_view(grad_out), rows_view(q), rows_view(k), rows_view(v), lse_c,
