@@ -338,13 +338,16 @@ constexpr int64_t kPackCols = 64;
 constexpr bool kHaveDpBf16 = true;
 
 // Rows [0, MR) x vectors [0, NB) of 16 columns of C: MR * NB accumulators live in registers
-// while the K / 2 row pairs of B stream past.
+// while the K / 2 row pairs of B stream past. The last vector stores only the columns in `last`.
 template <int MR, int NB>
 void dpbf16_block(int64_t K2, const at::BFloat16* a, int64_t lda, const at::BFloat16* b, int64_t ldb, float* c,
-                  int64_t ldc, bool add) {
+                  int64_t ldc, bool add, __mmask16 last) {
   __m512 acc[MR][NB];
   for (int r = 0; r < MR; ++r) {
-    for (int v = 0; v < NB; ++v) acc[r][v] = add ? _mm512_loadu_ps(c + r * ldc + 16 * v) : _mm512_setzero_ps();
+    for (int v = 0; v < NB; ++v) {
+      const __mmask16 cols = v == NB - 1 ? last : __mmask16(0xffff);
+      acc[r][v] = add ? _mm512_maskz_loadu_ps(cols, c + r * ldc + 16 * v) : _mm512_setzero_ps();
+    }
   }
   for (int64_t kp = 0; kp < K2; ++kp) {
     __m512bh bv[NB];
@@ -357,7 +360,8 @@ void dpbf16_block(int64_t K2, const at::BFloat16* a, int64_t lda, const at::BFlo
     }
   }
   for (int r = 0; r < MR; ++r) {
-    for (int v = 0; v < NB; ++v) _mm512_storeu_ps(c + r * ldc + 16 * v, acc[r][v]);
+    for (int v = 0; v < NB - 1; ++v) _mm512_storeu_ps(c + r * ldc + 16 * v, acc[r][v]);
+    _mm512_mask_storeu_ps(c + r * ldc + 16 * (NB - 1), last, acc[r][NB - 1]);
   }
 }
 
@@ -366,17 +370,20 @@ constexpr auto dpbf16_row(std::integer_sequence<int, NB...>) {
   return std::array{&dpbf16_block<MR, NB + 1>...};
 }
 
-// K even (A's rows are read in pairs), N a multiple of 16.
+// C[M, N] (+)= A[M, K] B for K even (A's rows are read in pairs) and B in the VNNI layout with
+// ldb elements per row pair (ldb >= 2 N). B is read in whole vectors of 16 columns: up to
+// column N rounded up to 16, which must exist.
 void dpbf16_gemm(int64_t M, int64_t N, int64_t K, const at::BFloat16* a, int64_t lda, const at::BFloat16* b,
-                 float* c, int64_t ldc, bool add) {
+                 int64_t ldb, float* c, int64_t ldc, bool add) {
   constexpr int kMR = 4, kNB = 4;
   using NBs = std::make_integer_sequence<int, kNB>;
   static constexpr std::array blocks{dpbf16_row<1>(NBs{}), dpbf16_row<2>(NBs{}), dpbf16_row<3>(NBs{}), dpbf16_row<4>(NBs{})};
   for (int64_t j = 0; j < N; j += 16 * kNB) {
-    const int64_t nb = std::min<int64_t>(kNB, (N - j) / 16);
+    const int64_t cols = std::min<int64_t>(16 * kNB, N - j), nb = (cols + 15) / 16;
+    const __mmask16 last = static_cast<__mmask16>((1u << (cols - 16 * (nb - 1))) - 1);
     for (int64_t i = 0; i < M; i += kMR) {
       const int64_t mr = std::min<int64_t>(kMR, M - i);
-      blocks[mr - 1][nb - 1](K / 2, a + i * lda, lda, b + 2 * j, 2 * N, c + i * ldc + j, ldc, add);
+      blocks[mr - 1][nb - 1](K / 2, a + i * lda, lda, b + 2 * j, ldb, c + i * ldc + j, ldc, add, last);
     }
   }
 }
@@ -452,7 +459,18 @@ struct Bf16Gemm {
       return;
     }
 #if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
-    dpbf16_gemm(M, N, K, a, lda, b_packed, c, ldc, add);
+    dpbf16_gemm(M, N, K, a, lda, b_packed, 2 * N, c, ldc, add);
+#endif
+  }
+
+  // C[M, N] = A[M, K] B[:, j0 : j0 + N], B packed by pack_transposed with `width` columns, read
+  // up to column j0 + N rounded up to 16. Dot-product backend only: AMX packs in column blocks
+  // that a window cannot start inside.
+  void run_window(int64_t M, int64_t N, int64_t K, const at::BFloat16* a, int64_t lda, const at::BFloat16* b_packed,
+                  int64_t width, int64_t j0, float* c, int64_t ldc) const {
+    TORCH_CHECK(!amx, "run_window needs the AVX512-BF16 backend");
+#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
+    dpbf16_gemm(M, N, K, a, lda, b_packed + 2 * j0, 2 * width, c, ldc, false);
 #endif
   }
 
@@ -713,12 +731,14 @@ void for_each_video_head(const int64_t* cu, int64_t num_videos, int64_t H, const
 // delta_i = <dO_i, O_i> - grad_lse_i from `out` when given (fp32/fp64); a bf16/fp16 `out` is
 // rounded too coarsely, so then delta_i = sum_j P_ij dP_ij - grad_lse_i is computed exactly by a
 // first sweep over the queries (two more GEMMs per chunk), or given as `delta_` ([H, T], from
-// softmax_delta_bf16_packed).
+// softmax_delta_bf16_packed). With scores_gemm (bf16 only), the two GEMMs whose inputs are all
+// bf16, S^T = K Q^T and dP^T = V dO^T, run on bf16 dot products (exact products, fp32 sums).
 template <typename S>
 void backward_kernel(const Tensor& grad_out_, const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& out_,
                      const Tensor& lse_, const Tensor& grad_lse_, const int64_t* cu, int64_t num_videos,
                      const std::vector<Tile>& tiles, int64_t P, int64_t window, bool causal, double scale_,
-                     const Tensor& delta_, Tensor& dq, Tensor& dk, Tensor& dv) {
+                     const Tensor& delta_, const std::optional<Bf16Gemm>& scores_gemm, Tensor& dq, Tensor& dk,
+                     Tensor& dv) {
   using T = at::opmath_type<S>;
   using Vec = at::vec::Vectorized<T>;
   const int64_t T_ = q_.size(0), H = q_.size(1), d = q_.size(2);
@@ -738,10 +758,15 @@ void backward_kernel(const Tensor& grad_out_, const Tensor& q_, const Tensor& k_
   struct State {
     std::vector<T> buf, delta, dq;
     RowReader<S> q, k, v, go;
+    std::vector<S> q_t, go_t;  // scores_gemm: Q^T and dO^T of the current (video, head), packed
   };
   auto make_state = [&] {
     return State{std::vector<T>(max_rows * (2 * kb + 2 * d)), {}, {}, RowReader<S>(q_), RowReader<S>(k_),
-                 RowReader<S>(v_), RowReader<S>(grad_out_)};
+                 RowReader<S>(v_), RowReader<S>(grad_out_), {}, {}};
+  };
+  // Row r of `head` of a [T, H, d] tensor, in place.
+  auto row = [](const Tensor& t, int64_t r, int64_t head) {
+    return t.const_data_ptr<S>() + r * t.stride(0) + head * t.stride(1);
   };
 
   for_each_video_head(cu, num_videos, H, make_state, [&](int64_t b, int64_t h, State& st) {
@@ -781,26 +806,46 @@ void backward_kernel(const Tensor& grad_out_, const Tensor& q_, const Tensor& k_
       }
     }
 
+    // scores_gemm (bf16): S^T = K Q^T and dP^T = V dO^T, whose inputs are bf16 already, run on
+    // bf16 dot products against Q^T and dO^T packed once per (video, head); columns padded so
+    // that a window ending at the video's last token may read whole vectors.
+    const int64_t width = (vt + 15) / 16 * 16 + 16;
+    if constexpr (std::is_same_v<S, at::BFloat16>) {
+      if (scores_gemm) {
+        st.q_t.resize(Bf16Gemm::packed_size(d, width));
+        st.go_t.resize(Bf16Gemm::packed_size(d, width));
+        scores_gemm->pack_transposed(row(q_, vb, h), q_.stride(0), vt, width, d, st.q_t.data());
+        scores_gemm->pack_transposed(row(grad_out_, vb, h), grad_out_.stride(0), vt, width, d, st.go_t.data());
+      }
+    }
+
     for (int64_t t = first_tile[b]; t < first_tile[b + 1]; ++t) {
       const Tile& tile = tiles[t];
       const int64_t r0 = tile.f0 * P, m = (tile.f1 - tile.f0) * P;
       std::fill(dk_acc, dk_acc + m * d, T(0));
       std::fill(dv_acc, dv_acc + m * d, T(0));
       const T* ka = st.k.rows(r0, r0 + m, h, vb);
-      const T* va = st.v.rows(r0, r0 + m, h, vb);
+      const T* va = scores_gemm ? nullptr : st.v.rows(r0, r0 + m, h, vb);
       const int64_t c_end = reach_hi(kr, tile.f1 - 1, tile.v1) * P;
       for (int64_t c0 = reach_lo(kr, tile.f0, tile.v0) * P; c0 < c_end; c0 += kb) {
         const int64_t n = std::min(kb, c_end - c0);
         const T* lse_c = lse + h * T_ + c0;
         const T* qa = st.q.rows(c0, c0 + n, h, vb);
         const T* goa = st.go.rows(c0, c0 + n, h, vb);
-        gemm_nt<T>(m, n, d, scale, ka, st.k.ld(), qa, st.q.ld(), T(0), s, n);
+        if constexpr (std::is_same_v<S, at::BFloat16>) {
+          if (scores_gemm) {
+            scores_gemm->run_window(m, n, d, row(k_, r0, h), k_.stride(0), st.q_t.data(), width, c0 - vb, s, n);
+            at::vec::map<T>([scale](Vec x) { return x * Vec(scale); }, s, s, m * n);
+            scores_gemm->run_window(m, n, d, row(v_, r0, h), v_.stride(0), st.go_t.data(), width, c0 - vb, dp, n);
+          }
+        }
+        if (!scores_gemm) gemm_nt<T>(m, n, d, scale, ka, st.k.ld(), qa, st.q.ld(), T(0), s, n);
         mask_scores(s, n, tile, kr, P, c0);
         for (int64_t i = 0; i < m; ++i) {
           at::vec::map2<T>([](Vec x, Vec l) { return (x - l).exp_u20(); }, s + i * n, s + i * n, lse_c, n);
         }
         gemm_nn<T>(m, d, n, T(1), s, n, goa, st.go.ld(), T(1), dv_acc, d);
-        gemm_nt<T>(m, n, d, T(1), va, st.v.ld(), goa, st.go.ld(), T(0), dp, n);
+        if (!scores_gemm) gemm_nt<T>(m, n, d, T(1), va, st.v.ld(), goa, st.go.ld(), T(0), dp, n);
         for (int64_t i = 0; i < m; ++i) softmax_grad_row<T>(s + i * n, dp + i * n, st.delta.data() + (c0 - vb), n);
         gemm_nn<T>(m, d, n, T(1), dp, n, qa, st.q.ld(), T(1), dk_acc, d);
         gemm_tn<T>(n, d, m, T(1), dp, n, ka, st.k.ld(), T(1), st.dq.data() + (c0 - vb) * d, d);
@@ -825,10 +870,9 @@ std::tuple<Tensor, Tensor, Tensor> local_frame_attention_backward_cpu(
     const Tensor grad_lse_c = grad_lse.has_value() ? grad_lse->contiguous() : Tensor();
     // bf16 without an exact `out`: the delta sweep on bf16 GEMMs where the forward uses them.
     Tensor delta;
-    const auto gemm = q.scalar_type() == at::kBFloat16 && !out.has_value() && tokens_per_frame > kTileRows / 2 &&
-                              q.size(2) % 16 == 0
+    const auto gemm = q.scalar_type() == at::kBFloat16 && tokens_per_frame > kTileRows / 2 && q.size(2) % 16 == 0
                           ? bf16_gemm() : std::nullopt;
-    if (gemm) {
+    if (gemm && !out.has_value()) {
       delta = softmax_delta_bf16_packed(*gemm, rows_view(grad_out), rows_view(q), rows_view(k), rows_view(v), lse_c,
                                         grad_lse_c, tiles, tokens_per_frame, query_reach(window, causal), scale);
     }
@@ -836,7 +880,7 @@ std::tuple<Tensor, Tensor, Tensor> local_frame_attention_backward_cpu(
       backward_kernel<scalar_t>(rows_view(grad_out), rows_view(q), rows_view(k), rows_view(v),
                                 out.has_value() ? rows_view(*out) : Tensor(), lse_c, grad_lse_c,
                                 cu.data_ptr<int64_t>(), cu.numel() - 1, tiles, tokens_per_frame, window, causal, scale,
-                                delta, dq, dk, dv);
+                                delta, gemm && !gemm->amx ? gemm : std::nullopt, dq, dk, dv);
     });
   }
   return {dq, dk, dv};
