@@ -199,12 +199,17 @@ def test_window_at_least_length_equals_whole_video():
 
 
 @requires_extension
-def test_same_result_for_any_thread_count(threads):
-    q, k, v, cu = make_case([7, 3], 65, 4, 64, torch.float32)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_same_result_for_any_thread_count(threads, dtype):
+    """Forward and backward (bf16 with 65 tokens per frame takes the packed bf16 GEMMs where the
+    CPU has them)."""
+    q, k, v, cu = make_case([7, 3], 65, 4, 64, dtype)
+    grad = torch.randn(q.shape, generator=torch.Generator().manual_seed(5)).to(dtype)
+    run = lambda q, k, v: local_frame_attention(q, k, v, cu, 65, 2)[0]  # noqa: E731
     threads(1)
-    one = local_frame_attention(q, k, v, cu, 65, 2)
+    one = (*local_frame_attention(q, k, v, cu, 65, 2), *out_and_grads(run, q, k, v, grad))
     threads(2)
-    two = local_frame_attention(q, k, v, cu, 65, 2)
+    two = (*local_frame_attention(q, k, v, cu, 65, 2), *out_and_grads(run, q, k, v, grad))
     assert all(torch.equal(a, b) for a, b in zip(one, two))
 
 
