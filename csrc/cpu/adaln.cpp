@@ -18,6 +18,7 @@
 
 #include "adaln_ops.h"
 #include "common/layernorm.h"
+#include "cpu/vec_round.h"
 
 namespace flowception {
 namespace {
@@ -42,12 +43,8 @@ struct VecLane {
   static void store(T* p, const V& v) {
     if constexpr (std::is_same_v<T, A>) {
       v.store(p);
-#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
-    } else if constexpr (std::is_same_v<T, at::BFloat16>) {  // native rounding, see store_pair
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)_mm512_cvtneps_pbh(v));
-#endif
     } else {
-      at::vec::convert_from_float<T>(v, v).store(p, kWidth);
+      store_rounded(p, v);
     }
   }
   static V load_acc(const A* p) { return V::loadu(p); }
@@ -73,20 +70,6 @@ inline void for_each_column(int64_t D, const Body& body, int64_t first = 0) {
   for (; d < D; ++d) body(ScalarLane<T>{}, d);
 }
 
-// Rounds two fp32 vectors to T and stores them at dst. With AVX512-BF16 (when the build machine
-// has it) bf16 takes one native round-to-nearest-even instruction instead of at::vec's integer
-// emulation of it, which is most of the work of a bf16 forward row.
-template <typename T>
-inline void store_pair(T* dst, const at::vec::Vectorized<float>& lo, const at::vec::Vectorized<float>& hi) {
-#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
-  if constexpr (std::is_same_v<T, at::BFloat16>) {
-    _mm512_storeu_si512(dst, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-    return;
-  }
-#endif
-  at::vec::convert_from_float<T>(lo, hi).store(dst);
-}
-
 // dst[d] = f(lane, d) on columns [0, D). bf16/fp16 vectors are rounded and stored in pairs:
 // at::vec converts two fp32 vectors at once, so a lone vector would be converted twice.
 template <typename T, typename F>
@@ -94,7 +77,7 @@ inline void store_columns(T* dst, int64_t D, const F& f) {
   int64_t d = 0;
   if constexpr (!std::is_same_v<T, at::opmath_type<T>>) {
     constexpr int64_t W = VecLane<T>::kWidth;
-    for (; d + 2 * W <= D; d += 2 * W) store_pair(dst + d, f(VecLane<T>{}, d), f(VecLane<T>{}, d + W));
+    for (; d + 2 * W <= D; d += 2 * W) store_rounded_pair(dst + d, f(VecLane<T>{}, d), f(VecLane<T>{}, d + W));
   }
   for_each_column<T>(D, [&](auto L, int64_t c) { L.store(dst + c, f(L, c)); }, d);
 }

@@ -35,6 +35,7 @@
 
 #include "common/frame_window.h"
 #include "common/softmax.h"
+#include "cpu/vec_round.h"
 #include "local_attention_checks.h"
 
 namespace flowception {
@@ -486,15 +487,6 @@ std::optional<Bf16Gemm> bf16_gemm() {
   return std::nullopt;
 }
 
-// Rounds the 16 floats of v to bf16 at dst (natively where the build has AVX512-BF16).
-inline void store_bf16(at::BFloat16* dst, const at::vec::Vectorized<float>& v) {
-#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)_mm512_cvtneps_pbh(v));
-#else
-  at::vec::convert_from_float<at::BFloat16>(v, v).store(dst, at::vec::Vectorized<float>::size());
-#endif
-}
-
 // p = bf16(exp(scale * s - shift)) for the n scores s of a row (p feeds the bf16 P V GEMM,
 // rounded as flash attention rounds it), and p = 0 up to the next multiple of 16: the caller
 // gives that room. Returns the sum of the unrounded exponentials.
@@ -508,10 +500,10 @@ float exp_to_bf16_sum(const float* s, int64_t n, float scale, float shift, at::B
     Vec e = at::vec::fmadd(x, Vec(scale), Vec(-shift)).exp_u20();
     if (count < Vec::size()) e = Vec::set(Vec(0.f), e, count);
     acc += e;
-    store_bf16(p + j, e);
+    store_rounded(p + j, e);
   }
   for (int64_t j = (n + Vec::size() - 1) / Vec::size() * Vec::size(); j < (n + 15) / 16 * 16; j += Vec::size()) {
-    store_bf16(p + j, Vec(0.f));
+    store_rounded(p + j, Vec(0.f));
   }
   return at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, acc);
 }
@@ -520,7 +512,7 @@ float exp_to_bf16_sum(const float* s, int64_t n, float scale, float shift, at::B
 void store_scaled_bf16(const float* src, int64_t n, float alpha, at::BFloat16* dst) {
   using Vec = at::vec::Vectorized<float>;
   int64_t j = 0;
-  for (; j + Vec::size() <= n; j += Vec::size()) store_bf16(dst + j, Vec::loadu(src + j) * Vec(alpha));
+  for (; j + Vec::size() <= n; j += Vec::size()) store_rounded(dst + j, Vec::loadu(src + j) * Vec(alpha));
   for (; j < n; ++j) dst[j] = at::BFloat16(alpha * src[j]);
 }
 
