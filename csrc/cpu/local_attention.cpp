@@ -13,7 +13,8 @@
 // bf16/fp16 rows are converted once per (video, head) per thread (RowReader). Exception: for
 // bf16 with frames of more than 32 tokens and d a multiple of 16, the forward and the backward's
 // softmax-delta sweep run bf16 GEMMs (forward_bf16_packed, softmax_delta_bf16_packed) on AMX or
-// on AVX512-BF16 dot products when the CPU has them.
+// on AVX512-BF16 dot products when the CPU has them; with AVX512-BF16 the backward's main sweep
+// also runs its two GEMMs of bf16-only inputs (S^T = K Q^T, dP^T = V dO^T) on them.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -328,11 +329,11 @@ void forward_kernel(const Tensor& q_, const Tensor& k_, const Tensor& v_, const 
 
 // ---- bf16 GEMMs on bf16 dot-product hardware ---------------------------------------------
 
-// C[M, N] (+)= A[M, K] B in fp32, A row-major bf16 and B packed once by `pack` from a row-major
-// [K, N] matrix (N a multiple of 16). Two backends: AMX tiles through oneDNN's brgemm ukernel
-// (its own packing, in column blocks of at most kPackCols), or, where the build has
-// AVX512-BF16, a register-blocked kernel on vdpbf16ps with B in the VNNI layout: pairs of
-// consecutive rows interleaved, b[k / 2][n][k % 2] (K padded to even with zeros).
+// C[M, N] (+)= A[M, K] B in fp32, A row-major bf16 and B packed once (Bf16Gemm::pack,
+// pack_transposed). Two backends: AMX tiles through oneDNN's brgemm ukernel (its own packing, in
+// column blocks of at most kPackCols; N a multiple of 16), or, where the build has AVX512-BF16, a
+// register-blocked kernel on vdpbf16ps with B in the VNNI layout: pairs of consecutive rows
+// interleaved, b[k / 2][n][k % 2] (K padded to even with zeros).
 constexpr int64_t kPackCols = 64;
 
 #if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
