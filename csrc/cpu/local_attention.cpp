@@ -488,6 +488,14 @@ std::optional<Bf16Gemm> bf16_gemm() {
   return std::nullopt;
 }
 
+// The backend for attention on these inputs: bf16 with one-frame tiles (frames of more than
+// kTileRows / 2 tokens) and d a multiple of 16 (the dot-product kernel covers d in whole
+// vectors); otherwise none, and the kernels convert rows to fp32.
+std::optional<Bf16Gemm> bf16_gemm_for(const Tensor& q, int64_t tokens_per_frame) {
+  if (q.scalar_type() != at::kBFloat16 || tokens_per_frame <= kTileRows / 2 || q.size(2) % 16 != 0) return std::nullopt;
+  return bf16_gemm();
+}
+
 // p = bf16(exp(scale * s - shift)) for the n scores s of a row (p feeds the bf16 P V GEMM,
 // rounded as flash attention rounds it), and p = 0 up to the next multiple of 16: the caller
 // gives that room. Returns the sum of the unrounded exponentials.
@@ -683,8 +691,7 @@ std::tuple<Tensor, Tensor> local_frame_attention_cpu(const Tensor& q, const Tens
   Tensor lse = at::empty({q.size(1), q.size(0)}, q.options().dtype(lse_dtype(q.scalar_type())));
   if (q.numel() > 0) {
     const auto tiles = frame_tiles(cu.data_ptr<int64_t>(), cu.numel() - 1, tokens_per_frame);
-    const auto gemm = q.scalar_type() == at::kBFloat16 && tokens_per_frame > kTileRows / 2 && q.size(2) % 16 == 0
-                          ? bf16_gemm() : std::nullopt;
+    const auto gemm = bf16_gemm_for(q, tokens_per_frame);
     if (gemm) {
       forward_bf16_packed(*gemm, rows_view(q), rows_view(k), rows_view(v), tiles, tokens_per_frame,
                           query_reach(window, causal), scale, out, lse);
@@ -863,8 +870,7 @@ std::tuple<Tensor, Tensor, Tensor> local_frame_attention_backward_cpu(
     const Tensor grad_lse_c = grad_lse.has_value() ? grad_lse->contiguous() : Tensor();
     // bf16 without an exact `out`: the delta sweep on bf16 GEMMs where the forward uses them.
     Tensor delta;
-    const auto gemm = q.scalar_type() == at::kBFloat16 && tokens_per_frame > kTileRows / 2 && q.size(2) % 16 == 0
-                          ? bf16_gemm() : std::nullopt;
+    const auto gemm = bf16_gemm_for(q, tokens_per_frame);
     if (gemm && !out.has_value()) {
       delta = softmax_delta_bf16_packed(*gemm, rows_view(grad_out), rows_view(q), rows_view(k), rows_view(v), lse_c,
                                         grad_lse_c, tiles, tokens_per_frame, query_reach(window, causal), scale);
