@@ -6,7 +6,9 @@
 // (common/frame_window.h), a tile's keys are one contiguous range of packed tokens, read in
 // place (row stride H*d) in chunks of up to kb tokens: two BLAS GEMMs per chunk with an online
 // softmax in between; chunks outside the window are never touched. Only tiles of several frames
-// need a per-row mask, at the chunks where their rows' ranges differ.
+// need a per-row mask, at the chunks where their rows' ranges differ. fp32 forward on AVX-512
+// with d a multiple of 16: the two GEMMs run on our own FMA kernel (fma_gemm) against K^T
+// transposed once per (video, head) and thread, and next tiles' rows are prefetched.
 // Backward (FlashAttention-2 style, probabilities recomputed from the log-sum-exp): one sweep
 // per (video, head), owned by one thread, over key tiles and the queries that see them (the
 // transposed window), so dq, dk and dv need no atomics. GEMMs run in fp32 (fp64 for fp64 inputs);
@@ -46,6 +48,11 @@ using at::Tensor;
 
 constexpr int64_t kTileRows = 64;          // frames smaller than this are grouped into one tile
 constexpr int64_t kScoreElems = 64 * 1024;  // score tile size: rows * kb
+constexpr int64_t kLanes = 16;              // fp32 lanes of fma_gemm's vectors
+
+// Loops over the registers of a register block must be fully unrolled, or the accumulators
+// live in memory.
+#define FC_UNROLL _Pragma("GCC unroll 16")
 
 }  // namespace
 }  // namespace flowception
@@ -131,12 +138,13 @@ T exp_shift_sum(T* x, int64_t n, T shift) {
     e.store(x + i);
     acc += e;
   }
-  T sum = at::vec::vec_reduce_all<T>([](Vec& a, Vec& b) { return a + b; }, acc);
-  for (; i < n; ++i) {
-    x[i] = fc_exp(x[i] - shift);
-    sum += x[i];
+  if (i < n) {  // the tail as one partial vector: a scalar exp costs as much as a vector one
+    const int count = static_cast<int>(n - i);
+    const Vec e = Vec::set(Vec(T(0)), (Vec::loadu(x + i, count) - Vec(shift)).exp_u20(), count);
+    e.store(x + i, count);
+    acc += e;
   }
-  return sum;
+  return at::vec::vec_reduce_all<T>([](Vec& a, Vec& b) { return a + b; }, acc);
 }
 
 // dp <- p * (dp - delta), delta per column.
@@ -278,6 +286,169 @@ Tensor rows_view(const Tensor& t) { return t.stride(2) == 1 ? t : t.contiguous()
 
 Tensor empty_tokens(const Tensor& q) { return at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous)); }
 
+// ---- fp32 GEMMs on AVX-512 FMAs ---------------------------------------------------------
+
+// The forward's two fp32 GEMMs per chunk are tile-sized (e.g. 65 x 325 x 64), where BLAS spends a
+// good part of its time copying operands; this register-blocked kernel reads K^T (transposed
+// once per video and head, KeysTransposed), Q and V in place instead.
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr bool kHaveFmaGemm = true;
+
+// C[MR rows, NB vectors of 16 columns] = A[MR, K] B[K, 16 NB] (+ C if add): A's values broadcast, B's rows read as vectors, MR * NB accumulators in registers. The last vector reads
+// and writes only the columns in `last`.
+template <int MR, int NB>
+void fma_block(int64_t K, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, bool add,
+               __mmask16 last, float* lane_max) {
+  __m512 acc[MR][NB];
+  FC_UNROLL
+  for (int r = 0; r < MR; ++r) {
+    FC_UNROLL
+    for (int v = 0; v < NB; ++v) acc[r][v] = _mm512_setzero_ps();
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    __m512 bv[NB];
+    FC_UNROLL
+    for (int v = 0; v < NB - 1; ++v) bv[v] = _mm512_loadu_ps(b + k * ldb + 16 * v);
+    bv[NB - 1] = _mm512_maskz_loadu_ps(last, b + k * ldb + 16 * (NB - 1));
+    FC_UNROLL
+    for (int r = 0; r < MR; ++r) {
+      const __m512 av = _mm512_set1_ps(a[r * lda + k]);
+      FC_UNROLL
+      for (int v = 0; v < NB; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+    }
+  }
+  FC_UNROLL
+  for (int r = 0; r < MR; ++r) {
+    FC_UNROLL
+    for (int v = 0; v < NB; ++v) {
+      const __mmask16 cols = v == NB - 1 ? last : __mmask16(0xffff);
+      float* dst = c + r * ldc + 16 * v;
+      if (add) acc[r][v] = _mm512_add_ps(acc[r][v], _mm512_maskz_loadu_ps(cols, dst));
+      _mm512_mask_storeu_ps(dst, cols, acc[r][v]);
+    }
+    if (lane_max) {
+      __m512 mx = _mm512_loadu_ps(lane_max + r * kLanes);
+      FC_UNROLL
+      for (int v = 0; v < NB - 1; ++v) mx = _mm512_max_ps(mx, acc[r][v]);
+      _mm512_storeu_ps(lane_max + r * kLanes, _mm512_mask_max_ps(mx, last, mx, acc[r][NB - 1]));
+    }
+  }
+}
+
+template <int MR, int... NB>
+constexpr auto fma_row(std::integer_sequence<int, NB...>) {
+  return std::array{&fma_block<MR, NB + 1>...};
+}
+
+// Row-major C[M, N] = A[M, K] B[K, N] (+ C if add), each element summed in order of k as BLAS
+// does. With lane_max ([M, kLanes]), also lane_max[i] = max(lane_max[i], the values of C's row i
+// folded into kLanes lanes).
+void fma_gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+              int64_t ldc, bool add, float* lane_max = nullptr) {
+  constexpr int kMR = 6, kNB = 4;  // 24 accumulators + 4 B vectors + 1 broadcast of 32 registers
+  using NBs = std::make_integer_sequence<int, kNB>;
+  static constexpr std::array blocks{fma_row<1>(NBs{}), fma_row<2>(NBs{}), fma_row<3>(NBs{}),
+                                     fma_row<4>(NBs{}), fma_row<5>(NBs{}), fma_row<6>(NBs{})};
+  for (int64_t j = 0; j < N; j += 16 * kNB) {
+    const int64_t cols = std::min<int64_t>(16 * kNB, N - j), nb = (cols + 15) / 16;
+    const __mmask16 last = static_cast<__mmask16>((1u << (cols - 16 * (nb - 1))) - 1);
+    for (int64_t i = 0; i < M; i += kMR) {
+      const int64_t mr = std::min<int64_t>(kMR, M - i);
+      blocks[mr - 1][nb - 1](K, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc, add, last,
+                             lane_max ? lane_max + i * kLanes : nullptr);
+    }
+  }
+}
+#else
+constexpr bool kHaveFmaGemm = false;
+#endif
+
+// K^T of one head of a [T, H, d] fp32 tensor, [d, keys] with row stride ld(), for the keys of one
+// video seen so far: transposed once per (video, head) and thread as the thread's tiles walk the
+// video, so S = Q K^T reads whole vectors of keys.
+class KeysTransposed {
+ public:
+  KeysTransposed(const Tensor& k, float scale)
+      : data_(k.const_data_ptr<float>()), ld_k_(k.stride(0)), hs_(k.stride(1)), d_(k.size(2)), scale_(scale) {}
+
+  int64_t ld() const { return ld_; }
+
+  // Column c0 of scale * K^T, for keys [c0, c1) of `head` in the video of tokens [video_begin, video_end).
+  const float* columns(int64_t c0, int64_t c1, int64_t head, int64_t video_begin, int64_t video_end) {
+    if (head != head_ || video_begin != video_) {
+      head_ = head;
+      video_ = video_begin;
+      lo_ = hi_ = c0;
+      // 16 columns of slack, so that the d rows do not all fall into the same cache sets.
+      ld_ = (video_end - video_begin + 15) / 16 * 16 + 16;
+      if (static_cast<int64_t>(cache_.size()) < d_ * ld_) cache_.resize(d_ * ld_);
+    }
+    if (c0 < lo_) transpose(c0, std::exchange(lo_, c0));
+    if (c1 > hi_) transpose(std::exchange(hi_, c1), c1);
+    return cache_.data() + (c0 - video_);
+  }
+
+ private:
+  // The scale goes on K, the operand BLAS applies alpha to: S then rounds as BLAS's
+  // S = alpha Q K^T does (bit for bit with MKL, measured), so that, like the BLAS path, the
+  // output keeps within 2e-6 of SDPA's (whose S comes from the same BLAS).
+  void transpose(int64_t begin, int64_t end) {
+    using Vec = at::vec::Vectorized<float>;
+    float* dst = cache_.data() + (begin - video_);
+    at::vec::transpose_mxn<float>(data_ + begin * ld_k_ + head_ * hs_, ld_k_, dst, ld_, static_cast<int>(end - begin),
+                                  static_cast<int>(d_));
+    for (int64_t k = 0; k < d_; ++k) {
+      at::vec::map<float>([this](Vec x) { return x * Vec(scale_); }, dst + k * ld_, dst + k * ld_, end - begin);
+    }
+  }
+
+  const float* data_;
+  int64_t ld_k_, hs_, d_;
+  float scale_;
+  std::vector<float> cache_;
+  int64_t head_ = -1, video_ = -1, lo_ = 0, hi_ = 0, ld_ = 0;
+};
+
+// Rows of the tile a thread most likely works on after `tile` (the next frame of the video, same
+// head): its queries, and the key and value frame that enters its window. prefetch(i) asks for
+// row i of each to be brought into the cache, so that they do not come from memory on demand.
+class NextRows {
+ public:
+  NextRows() = default;
+
+  NextRows(const Tensor& q, const Tensor& k, const Tensor& v, const Tile& tile, int64_t head, int64_t P,
+           FrameReach reach)
+      : P_(P), row_bytes_(q.size(2) * q.element_size()) {
+    if (tile.f1 >= tile.v1) return;
+    add(q, tile.f1 * P, head);
+    const int64_t g = reach_hi(reach, tile.f1, tile.v1) - 1;  // the last key frame of the next tile
+    if (g >= reach_hi(reach, tile.f1 - 1, tile.v1)) {
+      add(k, g * P, head);
+      add(v, g * P, head);
+    }
+  }
+
+  void prefetch(int64_t row) const {
+    if (row >= P_) return;
+    for (int t = 0; t < count_; ++t) {
+      const char* x = rows_[t] + row * ld_[t];
+      for (int64_t j = 0; j < row_bytes_; j += 64) __builtin_prefetch(x + j);
+    }
+  }
+
+ private:
+  void add(const Tensor& t, int64_t token, int64_t head) {
+    const int64_t size = t.element_size();
+    rows_[count_] = static_cast<const char*>(t.const_data_ptr()) + (token * t.stride(0) + head * t.stride(1)) * size;
+    ld_[count_++] = t.stride(0) * size;
+  }
+
+  std::array<const char*, 3> rows_{};
+  std::array<int64_t, 3> ld_{};
+  int count_ = 0;
+  int64_t P_ = 0, row_bytes_ = 0;
+};
+
 // ---- forward ----------------------------------------------------------------------------
 
 template <typename S>
@@ -289,36 +460,70 @@ void forward_kernel(const Tensor& q_, const Tensor& k_, const Tensor& v_, const 
   const T scale = static_cast<T>(scale_);
   S* out_p = out.data_ptr<S>();
   T* lse_p = lse.data_ptr<T>();
+  // fp32 with d in whole vectors: both GEMMs run on fma_gemm, S = Q K^T against K^T
+  // (KeysTransposed), and for one-frame tiles (no mask) S's GEMM also gives each row's max.
+  constexpr bool kFmaType = kHaveFmaGemm && std::is_same_v<S, float>;
+  const bool use_fma = kFmaType && d % 16 == 0;
   struct State {
     std::vector<T> buf;
     RowReader<S> q, k, v;
+    std::optional<KeysTransposed> kt;
   };
-  auto make_state = [&] { return State{std::vector<T>(max_rows * (kb + d + 2)), RowReader<S>(q_), RowReader<S>(k_), RowReader<S>(v_)}; };
+  auto make_state = [&] {
+    State st{std::vector<T>(max_rows * (kb + d + 2 + kLanes)), RowReader<S>(q_), RowReader<S>(k_), RowReader<S>(v_),
+             std::nullopt};
+    if constexpr (kFmaType) {
+      if (use_fma) st.kt.emplace(k_, scale);
+    }
+    return st;
+  };
 
   for_each_tile_head(tiles, H, make_state, [&](const Tile& tile, int64_t h, State& st) {
     const int64_t r0 = tile.f0 * P, m = (tile.f1 - tile.f0) * P, vb = tile.v0 * P;
-    T* s = st.buf.data();    // scores / probabilities [m, kb]
-    T* o = s + m * kb;       // unnormalised output [m, d]
-    T* row_m = o + m * d;    // running max [m]
-    T* row_l = row_m + m;    // running sum [m]
+    T* s = st.buf.data();         // scores / probabilities [m, kb]
+    T* o = s + m * kb;            // unnormalised output [m, d]
+    T* row_m = o + m * d;         // running max [m]
+    T* row_l = row_m + m;         // running sum [m]
+    T* lane_max = row_l + m;      // lane-wise max of each row of a chunk [m, kLanes] (fused path)
     std::fill(o, o + m * d, T(0));
     std::fill(row_m, row_m + m, -std::numeric_limits<T>::infinity());
     std::fill(row_l, row_l + m, T(0));
     const T* qa = st.q.rows(r0, r0 + m, h, vb);
     const int64_t c_end = reach_hi(reach, tile.f1 - 1, tile.v1) * P;
+    const bool fused_max = st.kt && tile.f1 - tile.f0 == 1;
+    // While this tile exponentiates, the rows its thread most likely needs next (the next frame's
+    // queries, and the key and value frame that comes into its window) are loaded, a row each.
+    const NextRows next = st.kt ? NextRows(q_, k_, v_, tile, h, P, reach) : NextRows();
+
     for (int64_t c0 = reach_lo(reach, tile.f0, tile.v0) * P; c0 < c_end; c0 += kb) {
       const int64_t n = std::min(kb, c_end - c0);
-      gemm_nt<T>(m, n, d, scale, qa, st.q.ld(), st.k.rows(c0, c0 + n, h, vb), st.k.ld(), T(0), s, n);
+      [&] {  // s = scale Q K^T
+        if constexpr (kFmaType) {
+          if (st.kt) {
+            if (fused_max) std::fill(lane_max, lane_max + m * kLanes, -std::numeric_limits<T>::infinity());
+            const float* kt = st.kt->columns(c0, c0 + n, h, vb, tile.v1 * P);  // before ld(), which it may change
+            return fma_gemm(m, n, d, qa, st.q.ld(), kt, st.kt->ld(), s, n, false, fused_max ? lane_max : nullptr);
+          }
+        }
+        gemm_nt<T>(m, n, d, scale, qa, st.q.ld(), st.k.rows(c0, c0 + n, h, vb), st.k.ld(), T(0), s, n);
+      }();
       mask_scores(s, n, tile, reach, P, c0);
       for (int64_t i = 0; i < m; ++i) {
+        next.prefetch(i);
         T* row = s + i * n;
-        const T factor = online_softmax_update(row_m[i], row_max(row, n));
+        const T chunk_max = fused_max ? *std::max_element(lane_max + i * kLanes, lane_max + (i + 1) * kLanes) : row_max(row, n);
+        const T factor = online_softmax_update(row_m[i], chunk_max);
         row_l[i] = row_l[i] * factor + exp_shift_sum(row, n, softmax_shift(row_m[i]));
         if (factor != T(1)) {
           for (int64_t j = 0; j < d; ++j) o[i * d + j] *= factor;
         }
       }
-      gemm_nn<T>(m, d, n, T(1), s, n, st.v.rows(c0, c0 + n, h, vb), st.v.ld(), T(1), o, d);
+      [&] {  // o += P V
+        if constexpr (kFmaType) {
+          if (st.kt) return fma_gemm(m, d, n, s, n, st.v.rows(c0, c0 + n, h, vb), st.v.ld(), o, d, true);
+        }
+        gemm_nn<T>(m, d, n, T(1), s, n, st.v.rows(c0, c0 + n, h, vb), st.v.ld(), T(1), o, d);
+      }();
     }
     for (int64_t i = 0; i < m; ++i) {
       store_rows(o + i * d, 1, d, row_l[i] > 0 ? T(1) / row_l[i] : T(0), out_p + (r0 + i) * H * d + h * d, H * d);
@@ -345,7 +550,9 @@ template <int MR, int NB>
 void dpbf16_block(int64_t K2, const at::BFloat16* a, int64_t lda, const at::BFloat16* b, int64_t ldb, float* c,
                   int64_t ldc, bool add, __mmask16 last) {
   __m512 acc[MR][NB];
+  FC_UNROLL
   for (int r = 0; r < MR; ++r) {
+    FC_UNROLL
     for (int v = 0; v < NB; ++v) {
       const __mmask16 cols = v == NB - 1 ? last : __mmask16(0xffff);
       acc[r][v] = add ? _mm512_maskz_loadu_ps(cols, c + r * ldc + 16 * v) : _mm512_setzero_ps();
@@ -353,15 +560,20 @@ void dpbf16_block(int64_t K2, const at::BFloat16* a, int64_t lda, const at::BFlo
   }
   for (int64_t kp = 0; kp < K2; ++kp) {
     __m512bh bv[NB];
+    FC_UNROLL
     for (int v = 0; v < NB; ++v) bv[v] = (__m512bh)_mm512_loadu_si512(b + kp * ldb + 32 * v);
+    FC_UNROLL
     for (int r = 0; r < MR; ++r) {
       int32_t pair;
       std::memcpy(&pair, a + r * lda + 2 * kp, sizeof(pair));
       const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
+      FC_UNROLL
       for (int v = 0; v < NB; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], av, bv[v]);
     }
   }
+  FC_UNROLL
   for (int r = 0; r < MR; ++r) {
+    FC_UNROLL
     for (int v = 0; v < NB - 1; ++v) _mm512_storeu_ps(c + r * ldc + 16 * v, acc[r][v]);
     _mm512_mask_storeu_ps(c + r * ldc + 16 * (NB - 1), last, acc[r][NB - 1]);
   }
