@@ -335,6 +335,18 @@ void fma_block(int64_t K, const float* a, int64_t lda, const float* b, int64_t l
   }
 }
 
+// Calls block(i, j, mr, nb, last) over the register blocks of an M x N output: rows in steps of
+// MR (mr of them), columns in vectors of 16, NB vectors at a time (nb of them); `last` masks the
+// columns of the last vector.
+template <int MR, int NB, typename Block>
+void for_each_register_block(int64_t M, int64_t N, const Block& block) {
+  for (int64_t j = 0; j < N; j += 16 * NB) {
+    const int64_t cols = std::min<int64_t>(16 * NB, N - j), nb = (cols + 15) / 16;
+    const __mmask16 last = static_cast<__mmask16>((1u << (cols - 16 * (nb - 1))) - 1);
+    for (int64_t i = 0; i < M; i += MR) block(i, j, std::min<int64_t>(MR, M - i), nb, last);
+  }
+}
+
 template <int MR, int... NB>
 constexpr auto fma_row(std::integer_sequence<int, NB...>) {
   return std::array{&fma_block<MR, NB + 1>...};
@@ -349,15 +361,10 @@ void fma_gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, cons
   using NBs = std::make_integer_sequence<int, kNB>;
   static constexpr std::array blocks{fma_row<1>(NBs{}), fma_row<2>(NBs{}), fma_row<3>(NBs{}),
                                      fma_row<4>(NBs{}), fma_row<5>(NBs{}), fma_row<6>(NBs{})};
-  for (int64_t j = 0; j < N; j += 16 * kNB) {
-    const int64_t cols = std::min<int64_t>(16 * kNB, N - j), nb = (cols + 15) / 16;
-    const __mmask16 last = static_cast<__mmask16>((1u << (cols - 16 * (nb - 1))) - 1);
-    for (int64_t i = 0; i < M; i += kMR) {
-      const int64_t mr = std::min<int64_t>(kMR, M - i);
-      blocks[mr - 1][nb - 1](K, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc, add, last,
-                             lane_max ? lane_max + i * kLanes : nullptr);
-    }
-  }
+  for_each_register_block<kMR, kNB>(M, N, [&](int64_t i, int64_t j, int64_t mr, int64_t nb, __mmask16 last) {
+    blocks[mr - 1][nb - 1](K, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc, add, last,
+                           lane_max ? lane_max + i * kLanes : nullptr);
+  });
 }
 #else
 constexpr bool kHaveFmaGemm = false;
@@ -592,14 +599,9 @@ void dpbf16_gemm(int64_t M, int64_t N, int64_t K, const at::BFloat16* a, int64_t
   constexpr int kMR = 4, kNB = 4;
   using NBs = std::make_integer_sequence<int, kNB>;
   static constexpr std::array blocks{dpbf16_row<1>(NBs{}), dpbf16_row<2>(NBs{}), dpbf16_row<3>(NBs{}), dpbf16_row<4>(NBs{})};
-  for (int64_t j = 0; j < N; j += 16 * kNB) {
-    const int64_t cols = std::min<int64_t>(16 * kNB, N - j), nb = (cols + 15) / 16;
-    const __mmask16 last = static_cast<__mmask16>((1u << (cols - 16 * (nb - 1))) - 1);
-    for (int64_t i = 0; i < M; i += kMR) {
-      const int64_t mr = std::min<int64_t>(kMR, M - i);
-      blocks[mr - 1][nb - 1](K / 2, a + i * lda, lda, b + 2 * j, ldb, c + i * ldc + j, ldc, add, last);
-    }
-  }
+  for_each_register_block<kMR, kNB>(M, N, [&](int64_t i, int64_t j, int64_t mr, int64_t nb, __mmask16 last) {
+    blocks[mr - 1][nb - 1](K / 2, a + i * lda, lda, b + 2 * j, ldb, c + i * ldc + j, ldc, add, last);
+  });
 }
 #else
 constexpr bool kHaveDpBf16 = false;
