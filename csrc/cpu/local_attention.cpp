@@ -147,6 +147,15 @@ T exp_shift_sum(T* x, int64_t n, T shift) {
   return at::vec::vec_reduce_all<T>([](Vec& a, Vec& b) { return a + b; }, acc);
 }
 
+// lse[i] = softmax_lse(m[i], l[i]) for n rows, vectorised (a libm logf per row took 1 % of the
+// forward).
+template <typename T>
+void softmax_lse_rows(const T* m, const T* l, int64_t n, T* lse) {
+  using Vec = at::vec::Vectorized<T>;
+  const Vec none(-std::numeric_limits<T>::infinity());
+  at::vec::map2<T>([&none](Vec mv, Vec lv) { return Vec::blendv(none, mv + lv.log(), lv > Vec(T(0))); }, lse, m, l, n);
+}
+
 // dp <- p * (dp - delta), delta per column.
 template <typename T>
 void softmax_grad_row(const T* p, T* dp, const T* delta, int64_t n) {
@@ -270,14 +279,23 @@ class RowReader {
 // Columns per chunk for a tile of `rows` rows.
 int64_t chunk_cols(int64_t rows) { return std::clamp(kScoreElems / rows, int64_t(64), int64_t(1024)); }
 
-// Runs body(tile, head, state) over all (tile, head) pairs in parallel, head-major so a thread
-// walks the tiles of a video in order; state = make_state() is per thread.
+// The (tile, head) a thread works on after its current one (tile = nullptr at its last).
+struct NextWork {
+  const Tile* tile = nullptr;
+  int64_t head = -1;
+};
+
+// Runs body(tile, head, next, state) over all (tile, head) pairs in parallel, head-major so a
+// thread walks the tiles of a video in order; state = make_state() is per thread.
 template <typename MakeState, typename Body>
 void for_each_tile_head(const std::vector<Tile>& tiles, int64_t H, const MakeState& make_state, const Body& body) {
   const int64_t n_tiles = static_cast<int64_t>(tiles.size());
   at::parallel_for(0, n_tiles * H, 1, [&](int64_t begin, int64_t end) {
     auto state = make_state();
-    for (int64_t w = begin; w < end; ++w) body(tiles[w % n_tiles], w / n_tiles, state);
+    for (int64_t w = begin; w < end; ++w) {
+      const NextWork next = w + 1 < end ? NextWork{&tiles[(w + 1) % n_tiles], (w + 1) / n_tiles} : NextWork{};
+      body(tiles[w % n_tiles], w / n_tiles, next, state);
+    }
   });
 }
 
@@ -354,16 +372,25 @@ constexpr auto fma_row(std::integer_sequence<int, NB...>) {
 
 // Row-major C[M, N] = A[M, K] B[K, N] (+ C if add), each element summed in order of k as BLAS
 // does. With lane_max ([M, kLanes]), also lane_max[i] = max(lane_max[i], the values of C's row i
-// folded into kLanes lanes).
+// folded into kLanes lanes). after_block(b, count) runs after the b-th of the count register
+// blocks (to spread other work, such as prefetches, over the GEMM).
+struct NoWork {
+  void operator()(int64_t, int64_t) const {}
+};
+
+template <typename AfterBlock = NoWork>
 void fma_gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
-              int64_t ldc, bool add, float* lane_max = nullptr) {
+              int64_t ldc, bool add, float* lane_max = nullptr, const AfterBlock& after_block = {}) {
   constexpr int kMR = 6, kNB = 4;  // 24 accumulators + 4 B vectors + 1 broadcast of 32 registers
   using NBs = std::make_integer_sequence<int, kNB>;
   static constexpr std::array blocks{fma_row<1>(NBs{}), fma_row<2>(NBs{}), fma_row<3>(NBs{}),
                                      fma_row<4>(NBs{}), fma_row<5>(NBs{}), fma_row<6>(NBs{})};
+  const int64_t count = (M + kMR - 1) / kMR * ((N + 16 * kNB - 1) / (16 * kNB));
+  int64_t done = 0;
   for_each_register_block<kMR, kNB>(M, N, [&](int64_t i, int64_t j, int64_t mr, int64_t nb, __mmask16 last) {
     blocks[mr - 1][nb - 1](K, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc, add, last,
                            lane_max ? lane_max + i * kLanes : nullptr);
+    after_block(done++, count);
   });
 }
 #else
@@ -417,44 +444,67 @@ class KeysTransposed {
   int64_t head_ = -1, video_ = -1, lo_ = 0, hi_ = 0, ld_ = 0;
 };
 
-// Rows of the tile a thread most likely works on after `tile` (the next frame of the video, same
-// head): its queries, and the key and value frame that enters its window. prefetch(i) asks for
-// row i of each to be brought into the cache, so that they do not come from memory on demand.
+// Brings the cache line at p into the L2 cache. GCC deems __builtin_prefetch free of side
+// effects, so a function that only prefetches counts as pure and calls to it are deleted
+// (NextRows::prefetch was, until it used this); a volatile asm is kept.
+inline void prefetch_line(const char* p) {
+#if defined(__x86_64__)
+  asm volatile("prefetcht2 %0" : : "m"(*p));
+#else
+  (void)p;
+#endif
+}
+
+// Rows the thread's next (tile, head) reads or writes first: its queries and output rows, and
+// the key and value frames of its window that the current tile's window does not cover (one new
+// frame when it is the next frame of the same video and head, the whole window otherwise).
+// prefetch(i, m) brings the i-th of m equal parts of them into the cache, so that they do not
+// come from memory on demand.
 class NextRows {
  public:
   NextRows() = default;
 
-  NextRows(const Tensor& q, const Tensor& k, const Tensor& v, const Tile& tile, int64_t head, int64_t P,
-           FrameReach reach)
-      : P_(P), row_bytes_(q.size(2) * q.element_size()) {
-    if (tile.f1 >= tile.v1) return;
-    add(q, tile.f1 * P, head);
-    const int64_t g = reach_hi(reach, tile.f1, tile.v1) - 1;  // the last key frame of the next tile
-    if (g >= reach_hi(reach, tile.f1 - 1, tile.v1)) {
-      add(k, g * P, head);
-      add(v, g * P, head);
+  NextRows(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tile& tile, int64_t head,
+           const NextWork& next, int64_t P, FrameReach reach)
+      : row_bytes_(q.size(2) * q.element_size()) {
+    if (!next.tile) return;
+    const Tile& t = *next.tile;
+    add(q, t.f0 * P, t.f1 * P, next.head);
+    add(out, t.f0 * P, t.f1 * P, next.head);
+    int64_t lo = reach_lo(reach, t.f0, t.v0);
+    const int64_t hi = reach_hi(reach, t.f1 - 1, t.v1);
+    if (next.head == head && t.v0 == tile.v0) lo = std::max(lo, reach_hi(reach, tile.f1 - 1, tile.v1));
+    if (lo < hi) {
+      add(k, lo * P, hi * P, next.head);
+      add(v, lo * P, hi * P, next.head);
     }
   }
 
-  void prefetch(int64_t row) const {
-    if (row >= P_) return;
+  void prefetch(int64_t i, int64_t m) const {
     for (int t = 0; t < count_; ++t) {
-      const char* x = rows_[t] + row * ld_[t];
-      for (int64_t j = 0; j < row_bytes_; j += 64) __builtin_prefetch(x + j);
+      const Rows& r = rows_[t];
+      for (int64_t row = r.count * i / m; row < r.count * (i + 1) / m; ++row) {
+        const char* x = r.begin + row * r.ld;
+        for (int64_t j = 0; j < row_bytes_; j += 64) prefetch_line(x + j);
+      }
     }
   }
 
  private:
-  void add(const Tensor& t, int64_t token, int64_t head) {
+  struct Rows {
+    const char* begin;
+    int64_t ld, count;
+  };
+
+  void add(const Tensor& t, int64_t token0, int64_t token1, int64_t head) {
     const int64_t size = t.element_size();
-    rows_[count_] = static_cast<const char*>(t.const_data_ptr()) + (token * t.stride(0) + head * t.stride(1)) * size;
-    ld_[count_++] = t.stride(0) * size;
+    const char* begin = static_cast<const char*>(t.const_data_ptr()) + (token0 * t.stride(0) + head * t.stride(1)) * size;
+    rows_[count_++] = Rows{begin, t.stride(0) * size, token1 - token0};
   }
 
-  std::array<const char*, 3> rows_{};
-  std::array<int64_t, 3> ld_{};
+  std::array<Rows, 4> rows_{};
   int count_ = 0;
-  int64_t P_ = 0, row_bytes_ = 0;
+  int64_t row_bytes_ = 0;
 };
 
 // ---- forward ----------------------------------------------------------------------------
@@ -486,7 +536,7 @@ void forward_kernel(const Tensor& q_, const Tensor& k_, const Tensor& v_, const 
     return st;
   };
 
-  for_each_tile_head(tiles, H, make_state, [&](const Tile& tile, int64_t h, State& st) {
+  for_each_tile_head(tiles, H, make_state, [&](const Tile& tile, int64_t h, const NextWork& next_work, State& st) {
     const int64_t r0 = tile.f0 * P, m = (tile.f1 - tile.f0) * P, vb = tile.v0 * P;
     T* s = st.buf.data();         // scores / probabilities [m, kb]
     T* o = s + m * kb;            // unnormalised output [m, d]
@@ -499,27 +549,30 @@ void forward_kernel(const Tensor& q_, const Tensor& k_, const Tensor& v_, const 
     const T* qa = st.q.rows(r0, r0 + m, h, vb);
     const int64_t c_end = reach_hi(reach, tile.f1 - 1, tile.v1) * P;
     const bool fused_max = st.kt && tile.f1 - tile.f0 == 1;
-    // While this tile exponentiates, the rows its thread most likely needs next (the next frame's
-    // queries, and the key and value frame that comes into its window) are loaded, a row each.
-    const NextRows next = st.kt ? NextRows(q_, k_, v_, tile, h, P, reach) : NextRows();
+    // While the first chunk's scores are computed, the rows the thread's next tile starts with
+    // are brought into the cache, a few after each register block.
+    const NextRows next = st.kt ? NextRows(q_, k_, v_, out, tile, h, next_work, P, reach) : NextRows();
+    const int64_t c_begin = reach_lo(reach, tile.f0, tile.v0) * P;
 
-    for (int64_t c0 = reach_lo(reach, tile.f0, tile.v0) * P; c0 < c_end; c0 += kb) {
+    for (int64_t c0 = c_begin; c0 < c_end; c0 += kb) {
       const int64_t n = std::min(kb, c_end - c0);
       [&] {  // s = scale Q K^T
         if constexpr (kFmaType) {
           if (st.kt) {
             if (fused_max) std::fill(lane_max, lane_max + m * kLanes, -std::numeric_limits<T>::infinity());
             const float* kt = st.kt->columns(c0, c0 + n, h, vb, tile.v1 * P);  // before ld(), which it may change
-            return fma_gemm(m, n, d, qa, st.q.ld(), kt, st.kt->ld(), s, n, false, fused_max ? lane_max : nullptr);
+            return fma_gemm(m, n, d, qa, st.q.ld(), kt, st.kt->ld(), s, n, false, fused_max ? lane_max : nullptr,
+                            [&](int64_t b, int64_t count) {
+                              if (c0 == c_begin) next.prefetch(b, count);
+                            });
           }
         }
         gemm_nt<T>(m, n, d, scale, qa, st.q.ld(), st.k.rows(c0, c0 + n, h, vb), st.k.ld(), T(0), s, n);
       }();
       mask_scores(s, n, tile, reach, P, c0);
       for (int64_t i = 0; i < m; ++i) {
-        next.prefetch(i);
         T* row = s + i * n;
-        const T chunk_max = fused_max ? *std::max_element(lane_max + i * kLanes, lane_max + (i + 1) * kLanes) : row_max(row, n);
+        const T chunk_max = fused_max ? row_max(lane_max + i * kLanes, kLanes) : row_max(row, n);
         const T factor = online_softmax_update(row_m[i], chunk_max);
         row_l[i] = row_l[i] * factor + exp_shift_sum(row, n, softmax_shift(row_m[i]));
         if (factor != T(1)) {
@@ -535,8 +588,8 @@ void forward_kernel(const Tensor& q_, const Tensor& k_, const Tensor& v_, const 
     }
     for (int64_t i = 0; i < m; ++i) {
       store_rows(o + i * d, 1, d, row_l[i] > 0 ? T(1) / row_l[i] : T(0), out_p + (r0 + i) * H * d + h * d, H * d);
-      lse_p[h * T_ + r0 + i] = softmax_lse(row_m[i], row_l[i]);
     }
+    softmax_lse_rows(row_m, row_l, m, lse_p + h * T_ + r0);
   });
 }
 
@@ -815,8 +868,8 @@ void forward_bf16_packed(const Bf16Gemm& gemm, const Tensor& q_, const Tensor& k
       }
       for (int64_t i = 0; i < m; ++i) {
         store_scaled_bf16(o + i * d, d, row_l[i] > 0 ? 1.f / row_l[i] : 0.f, out_p + (r0 + i) * H * d + h * d);
-        lse_p[h * T_ + r0 + i] = softmax_lse(row_m[i], row_l[i]);
       }
+      softmax_lse_rows(row_m, row_l, m, lse_p + h * T_ + r0);
     }
     gemm.release();
   });
