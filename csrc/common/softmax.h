@@ -19,7 +19,7 @@ FC_HOST_DEVICE double fc_log(double x) { return log(x); }
 template <typename T>
 FC_HOST_DEVICE T online_softmax_update(T& m, T chunk_max) {
   if (!(chunk_max > m)) return T(1);  // also covers a fully masked chunk (chunk_max = -inf)
-  const T factor = fc_exp(m - chunk_max);  // exp(-inf) = 0 on the first chunk
+  const T factor = m == -INFINITY ? T(0) : fc_exp(m - chunk_max);  // 0 on the first chunk
   m = chunk_max;
   return factor;
 }

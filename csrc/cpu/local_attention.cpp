@@ -543,7 +543,6 @@ void forward_kernel(const Tensor& q_, const Tensor& k_, const Tensor& v_, const 
     T* row_m = o + m * d;         // running max [m]
     T* row_l = row_m + m;         // running sum [m]
     T* lane_max = row_l + m;      // lane-wise max of each row of a chunk [m, kLanes] (fused path)
-    std::fill(o, o + m * d, T(0));
     std::fill(row_m, row_m + m, -std::numeric_limits<T>::infinity());
     std::fill(row_l, row_l + m, T(0));
     const T* qa = st.q.rows(r0, r0 + m, h, vb);
@@ -553,9 +552,11 @@ void forward_kernel(const Tensor& q_, const Tensor& k_, const Tensor& v_, const 
     // are brought into the cache, a few after each register block.
     const NextRows next = st.kt ? NextRows(q_, k_, v_, out, tile, h, next_work, P, reach) : NextRows();
     const int64_t c_begin = reach_lo(reach, tile.f0, tile.v0) * P;
+    if (c_begin >= c_end) std::fill(o, o + m * d, T(0));  // no key (the first chunk sets o)
 
     for (int64_t c0 = c_begin; c0 < c_end; c0 += kb) {
       const int64_t n = std::min(kb, c_end - c0);
+      const bool first = c0 == c_begin;
       [&] {  // s = scale Q K^T
         if constexpr (kFmaType) {
           if (st.kt) {
@@ -563,7 +564,7 @@ void forward_kernel(const Tensor& q_, const Tensor& k_, const Tensor& v_, const 
             const float* kt = st.kt->columns(c0, c0 + n, h, vb, tile.v1 * P);  // before ld(), which it may change
             return fma_gemm(m, n, d, qa, st.q.ld(), kt, st.kt->ld(), s, n, false, fused_max ? lane_max : nullptr,
                             [&](int64_t b, int64_t count) {
-                              if (c0 == c_begin) next.prefetch(b, count);
+                              if (first) next.prefetch(b, count);
                             });
           }
         }
@@ -575,15 +576,15 @@ void forward_kernel(const Tensor& q_, const Tensor& k_, const Tensor& v_, const 
         const T chunk_max = fused_max ? row_max(lane_max + i * kLanes, kLanes) : row_max(row, n);
         const T factor = online_softmax_update(row_m[i], chunk_max);
         row_l[i] = row_l[i] * factor + exp_shift_sum(row, n, softmax_shift(row_m[i]));
-        if (factor != T(1)) {
+        if (factor != T(1) && !first) {
           for (int64_t j = 0; j < d; ++j) o[i * d + j] *= factor;
         }
       }
-      [&] {  // o += P V
+      [&] {  // o = P V on the first chunk, o += P V after
         if constexpr (kFmaType) {
-          if (st.kt) return fma_gemm(m, d, n, s, n, st.v.rows(c0, c0 + n, h, vb), st.v.ld(), o, d, true);
+          if (st.kt) return fma_gemm(m, d, n, s, n, st.v.rows(c0, c0 + n, h, vb), st.v.ld(), o, d, !first);
         }
-        gemm_nn<T>(m, d, n, T(1), s, n, st.v.rows(c0, c0 + n, h, vb), st.v.ld(), T(1), o, d);
+        gemm_nn<T>(m, d, n, T(1), s, n, st.v.rows(c0, c0 + n, h, vb), st.v.ld(), first ? T(0) : T(1), o, d);
       }();
     }
     for (int64_t i = 0; i < m; ++i) {
