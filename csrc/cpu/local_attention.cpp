@@ -682,9 +682,10 @@ struct Bf16Gemm {
     // order, reading the N rows (in L1) once per pair.
     uint32_t* out = reinterpret_cast<uint32_t*>(dst);
     for (int64_t p = 0; p < (K + 1) / 2; ++p, out += N_pad) {
-      for (int64_t n = 0; n < N; ++n) {
-        const at::BFloat16* pair = x + n * ld + 2 * p;
-        out[n] = bits(pair[0]) | (2 * p + 1 < K ? bits(pair[1]) << 16 : 0u);
+      if (2 * p + 1 < K) {  // a whole pair is the 32-bit word at its address (little-endian)
+        for (int64_t n = 0; n < N; ++n) std::memcpy(out + n, x + n * ld + 2 * p, sizeof(uint32_t));
+      } else {
+        for (int64_t n = 0; n < N; ++n) out[n] = bits(x[n * ld + 2 * p]);
       }
       std::fill(out + N, out + N_pad, 0u);
     }
@@ -700,9 +701,17 @@ struct Bf16Gemm {
     // VNNI: rows 2p and 2p + 1 interleaved into pair row p, written in order.
     uint32_t* out = reinterpret_cast<uint32_t*>(dst);
     for (int64_t p = 0; p < (K_pad + 1) / 2; ++p, out += N) {
-      const at::BFloat16* lo = 2 * p < K ? x + 2 * p * ld : nullptr;
-      const at::BFloat16* hi = 2 * p + 1 < K ? x + (2 * p + 1) * ld : nullptr;
-      for (int64_t n = 0; n < N; ++n) out[n] = (lo ? bits(lo[n]) : 0u) | (hi ? bits(hi[n]) << 16 : 0u);
+      // Three loops rather than one with a test per element, so that the compiler vectorises them.
+      if (2 * p + 1 < K) {
+        const at::BFloat16* lo = x + 2 * p * ld;
+        const at::BFloat16* hi = lo + ld;
+        for (int64_t n = 0; n < N; ++n) out[n] = bits(lo[n]) | bits(hi[n]) << 16;
+      } else if (2 * p < K) {
+        const at::BFloat16* lo = x + 2 * p * ld;
+        for (int64_t n = 0; n < N; ++n) out[n] = bits(lo[n]);
+      } else {
+        std::fill(out, out + N, 0u);
+      }
     }
   }
 
