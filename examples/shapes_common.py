@@ -51,6 +51,7 @@ from flowception_ext.checkpoint import save_tensors
 from flowception_ext.data import MovingShapes, consistency
 from flowception_ext.efficiency import count_flops
 from flowception_ext.noising import NoisingConfig
+from flowception_ext.training import finished_checkpoint
 
 __all__ = [
     "make_parser", "parse_args", "setup", "datasets", "reference_videos", "model_config", "train_model", "train_flops_per_step",
@@ -170,7 +171,7 @@ def train_model(args: argparse.Namespace, dataset: MovingShapes, out_dir: Path, 
     returns its EMA weights in a fresh model (eval mode) and a small record of the run."""
     timer = Timer()
     config = _train_config(args, steps, out_dir, objective, noising, sys.stderr.isatty())
-    reused = _finished_run(out_dir, steps, model_config(args, attention=attention, rate_head=rate_head), config)
+    reused = finished_checkpoint(out_dir, model_config(args, attention=attention, rate_head=rate_head), config)
     if reused is not None:
         print(f"  reusing the finished run {reused} (same model and training config)", flush=True)
         ema = fe.FlowceptionDiT.from_pretrained(reused, weights="ema.safetensors").eval()
@@ -189,21 +190,6 @@ def train_model(args: argparse.Namespace, dataset: MovingShapes, out_dir: Path, 
     print(f"  trained {objective}/{attention}: {steps} steps in {record['seconds']:.0f} s, "
           f"final loss {record['final_loss']:.4f}", flush=True)
     return ema, record
-
-
-def _finished_run(out_dir: Path, steps: int, model: fe.FlowceptionConfig, config: fe.TrainConfig) -> Path | None:
-    """The final checkpoint of an earlier run in ``out_dir`` with the same model and training
-    configuration (the progress-bar flag aside), so a rerun can skip training; else ``None``."""
-    path = out_dir / "checkpoints" / f"step_{steps:08d}"
-    try:
-        state = json.loads((path / "trainer_state.json").read_text())
-        saved_model = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    saved = {k: v for k, v in state.get("train_config", {}).items() if k != "progress"}
-    wanted = {k: v for k, v in json.loads(json.dumps(config.to_dict())).items() if k != "progress"}
-    same_model = saved_model == json.loads(json.dumps(model.to_dict()))
-    return path if saved == wanted and same_model and (path / "ema.safetensors").is_file() else None
 
 
 def save_samples(path: Path, samples: dict[str, Sequence[Tensor]]) -> Path:

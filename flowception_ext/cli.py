@@ -86,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             args.preset, in_channels=c, frame_size=(h, w), patch_size=patch, window=args.window,
             attention="causal" if args.objective == "autoregressive" else "bidirectional",
             rate_head=args.objective == "flowception", length_conditioning=args.length_conditioning,
-            extra={"dataset": args.dataset})
+            prediction=args.prediction, extra={"dataset": args.dataset})
         torch.manual_seed(args.seed)
         model = FlowceptionDiT(model_config)
         noising = NoisingConfig(tasks=args.tasks, p_uncond=args.p_uncond)
@@ -231,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what to train: Flowception, or a baseline on the same backbone")
     p.add_argument("--length-conditioning", action="store_true",
                    help="embed each video's frame count and each frame's index (bidirectional objectives only)")
+    p.add_argument("--prediction", default="velocity", choices=("velocity", "clean"),
+                   help="what the network outputs: the velocity, or the clean frame (x-prediction)")
     p.add_argument("--tasks", type=_tasks, default={"unconditional": 1.0},
                    help="task mixture, e.g. unconditional=0.5,image_to_video=0.3,interpolation=0.2")
     p.add_argument("--p-uncond", type=float, default=0.1, help="conditioning dropout probability")

@@ -37,11 +37,11 @@ from .checkpoint import atomic_directory, load_json, load_tensors, save_json, sa
 from .data import FrameBudgetBatchSampler, collate_videos
 from .losses import flowception_loss
 from .model import FlowceptionDiT
-from .model.config import dataclass_from_dict
+from .model.config import FlowceptionConfig, dataclass_from_dict
 from .noising import NoisingConfig, make_training_state
 from .packing import PackedVideos
 
-__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "latest_checkpoint"]
+__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "finished_checkpoint", "latest_checkpoint"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -157,6 +157,25 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
             return ckpt_dir / name
     complete = sorted(p for p in ckpt_dir.glob("step_*") if (p / "trainer_state.json").is_file())
     return complete[-1] if complete else None
+
+
+def finished_checkpoint(out_dir: str | Path, model_config: FlowceptionConfig, config: TrainConfig) -> Path | None:
+    """The final checkpoint (step ``config.steps``) of an earlier run in ``out_dir`` with the same
+    model and training configuration (the progress-bar flag aside), so a rerun can skip
+    training; else ``None``. Fields added to the configs since that run compare at their defaults."""
+    path = Path(out_dir) / "checkpoints" / f"step_{config.steps:08d}"
+    try:
+        saved_model = FlowceptionConfig.from_dict(load_json(path / "config.json")).to_dict()
+        saved_train = TrainConfig.from_dict(load_json(path / "trainer_state.json")["train_config"]).to_dict()
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+    def canonical(d: dict) -> dict:  # JSON form (tuples as lists), without the progress flag
+        return {k: v for k, v in json.loads(json.dumps(d)).items() if k != "progress"}
+
+    same = (canonical(saved_model) == canonical(model_config.to_dict())
+            and canonical(saved_train) == canonical(config.to_dict()))
+    return path if same and (path / "ema.safetensors").is_file() else None
 
 
 class Trainer:

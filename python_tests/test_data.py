@@ -14,8 +14,8 @@ from safetensors.torch import save_file
 
 from flowception_ext import PackedVideos
 from flowception_ext.data import (FrameBudgetBatchSampler, MovingShapes, TensorFolder, ToyColoring, VideoFolder,
-                                  check_manifold, check_manifold_batch, collate_videos, consistency, is_consistent,
-                                  is_on_manifold)
+                                  check_manifold, check_manifold_batch, collate_videos, consistency,
+                                  frame_ring_misfit, is_consistent, is_on_manifold)
 from flowception_ext.data.toy import _RING_X, _RING_Y
 
 # ---- ToyColoring ---------------------------------------------------------------------------
@@ -62,6 +62,22 @@ def test_toy_checker_tolerates_small_noise_only():
         v = ds[i]
         assert is_on_manifold(v + (torch.rand(v.shape, generator=g) - 0.5) * 0.08)        # |noise| <= 0.04
         assert not is_on_manifold(v + torch.randn(v.shape, generator=g) * 0.3)
+
+
+def test_frame_ring_misfit():
+    ds = ToyColoring(20, seed=3)
+    for i in range(len(ds)):
+        v = ds[i]
+        assert frame_ring_misfit(v).shape == (len(v),) and frame_ring_misfit(v).max() < 1e-6
+        # Frames drawn from two videos follow the rules one by one (misfit 0) but not together.
+        mixed = torch.cat([v[:3], ds[(i + 1) % len(ds)][:3]])
+        assert frame_ring_misfit(mixed).max() < 1e-6 and not check_manifold(mixed).frames_ok
+        bumped = v.clone()
+        bumped[1, 0, 0, 1] += 0.5  # one border value of frame 1
+        misfit = frame_ring_misfit(bumped)
+        assert misfit[1] > 0.2 and np.delete(misfit, 1).max() < 1e-6
+    with pytest.raises(ValueError, match=r"\[n, 3, 3, 3\]"):
+        frame_ring_misfit(torch.zeros(2, 3, 4, 4))
 
 
 def _shift(x: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,8 @@ def make_videos(lengths, seed=0, channels=2, size=(4, 6), context_every=3) -> Pa
 def test_packing_is_exact(window, attention, length_conditioning):
     if length_conditioning and attention == "causal":
         pytest.skip("length_conditioning is bidirectional only")
-    model = make_model(window=window, attention=attention, num_classes=3, length_conditioning=length_conditioning)
+    model = make_model(window=window, attention=attention, num_classes=3, length_conditioning=length_conditioning,
+                       prediction="clean" if window == 1 else "velocity")
     lengths = [3, 1, 6, 4]
     videos = make_videos(lengths)
     labels = torch.tensor([0, 2, 3, 1])
@@ -50,7 +51,7 @@ def test_packing_is_exact(window, attention, length_conditioning):
             alone = PackedVideos.from_list([videos.frames[lo:hi]], times=[videos.times[lo:hi]],
                                            is_context=[videos.is_context[lo:hi]])
             v1, r1 = model(alone, labels[b : b + 1])
-            assert (vel[lo:hi] - v1).abs().max() <= 1e-5
+            torch.testing.assert_close(v1, vel[lo:hi], atol=1e-5, rtol=1e-5)  # relative: "clean" divides by 1 - t
             assert (rate[lo:hi] - r1).abs().max() <= 1e-5
 
 
@@ -85,6 +86,26 @@ def test_zero_init_outputs():
     cfg = FlowceptionConfig(in_channels=2, frame_size=(4, 6), patch_size=2, depth=2, hidden_size=48, num_heads=4)
     vel, rate = FlowceptionDiT(cfg)(make_videos([2, 3]))
     assert torch.equal(vel, torch.zeros_like(vel)) and torch.equal(rate, torch.zeros_like(rate))
+
+
+@pytest.mark.parametrize("attention", ["bidirectional", "causal"])
+def test_clean_prediction_is_the_velocity_to_the_predicted_frame(attention):
+    # Same weights: the "clean" model's velocity is (raw output − X_t) / max(1 − t, gap).
+    velocity_model = make_model(attention=attention, window=1)
+    clean_model = FlowceptionDiT(FlowceptionConfig(**{**velocity_model.config.to_dict(), "prediction": "clean",
+                                                      "clean_min_gap": 0.1}))
+    clean_model.load_state_dict(velocity_model.state_dict())
+    videos = make_videos([3, 5], seed=1)
+    videos = videos.replace(times=torch.where(videos.is_context, videos.times, videos.times * 0.99))
+    with torch.no_grad():
+        raw, rate = velocity_model(videos)
+        vel, rate_clean = clean_model(videos)
+    gap = (1 - videos.times).clamp(min=0.1)[:, None, None, None]
+    torch.testing.assert_close(vel, (raw - videos.frames) / gap)
+    assert torch.equal(rate, rate_clean)
+    # One Euler step of size 1 − t lands on the predicted frame when 1 − t is above the floor.
+    far = videos.times < 0.9
+    torch.testing.assert_close((videos.frames + gap * vel)[far], raw[far])
 
 
 def test_context_channel_is_used():
@@ -162,6 +183,9 @@ def test_presets():
         (dict(attention="sideways"), "attention"),
         (dict(depth=0), "depth"),
         (dict(length_conditioning=True, attention="causal"), "length_conditioning"),
+        (dict(prediction="noise"), "prediction"),
+        (dict(clean_min_gap=0.0), "clean_min_gap"),
+        (dict(clean_min_gap=1.5), "clean_min_gap"),
     ],
 )
 def test_config_errors(overrides, match):

@@ -181,3 +181,27 @@ def test_train_config_errors():
     with pytest.raises(ValueError, match="frames_per_batch"):
         TrainConfig(frames_per_batch=0)
     assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
+
+
+def test_finished_checkpoint_only_for_the_same_run(tmp_path):
+    from flowception_ext.checkpoint import save_json
+    from flowception_ext.training import finished_checkpoint
+
+    model_config = FlowceptionConfig(in_channels=3, frame_size=3, patch_size=3, depth=1, hidden_size=24, num_heads=4)
+    config = TrainConfig(steps=2, frames_per_batch=40, out_dir=str(tmp_path), progress=False, warmup_steps=1)
+    assert finished_checkpoint(tmp_path, model_config, config) is None  # nothing there yet
+    Trainer(FlowceptionDiT(model_config), ToyColoring(8, seed=0), config).fit()
+    path = finished_checkpoint(tmp_path, model_config, config)
+    assert path == tmp_path / "checkpoints" / "step_00000002"
+    assert finished_checkpoint(tmp_path, model_config, TrainConfig(**{**config.to_dict(), "progress": True})) == path
+    for other_model, other_train in ((model_config, TrainConfig(**{**config.to_dict(), "lr": 1e-3})),
+                                     (model_config, TrainConfig(**{**config.to_dict(), "steps": 3})),
+                                     (FlowceptionConfig(**{**model_config.to_dict(), "prediction": "clean"}), config)):
+        assert finished_checkpoint(tmp_path, other_model, other_train) is None
+    # A checkpoint written before a config field existed matches at that field's default.
+    saved = load_json(path / "config.json")
+    del saved["prediction"]
+    save_json(path / "config.json", saved)
+    assert finished_checkpoint(tmp_path, model_config, config) == path
+    (path / "ema.safetensors").unlink()  # incomplete
+    assert finished_checkpoint(tmp_path, model_config, config) is None

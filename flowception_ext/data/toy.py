@@ -38,7 +38,8 @@ from torch import Tensor
 from ..packing import PackedVideos
 from .base import VideoDataset, hash_uniform, item_rng
 
-__all__ = ["ToyColoring", "ManifoldCheck", "check_manifold", "check_manifold_batch", "is_on_manifold"]
+__all__ = ["ToyColoring", "ManifoldCheck", "check_manifold", "check_manifold_batch", "frame_ring_misfit",
+           "is_on_manifold"]
 
 # Ring of border pixels, clockwise from the top-left corner: (row, column).
 _RING_Y = np.array([0, 0, 0, 1, 2, 2, 2, 1])
@@ -216,10 +217,7 @@ def check_manifold(
     ring = v[:, :, _RING_Y, _RING_X].transpose(0, 2, 1)                        # (n, 8, 3)
     if motion == "rotation":
         return _check_rotation(v, ring, atol, min_contrast, directions, length_ok, length_reason)
-    # Every rotation of every frame: rolled[f, o, k] = ring[f, (k + o) % 8].
-    rolled = ring[:, (np.arange(8)[:, None] + np.arange(8)[None, :]) % 8]      # (n, 8 o, 8 k, 3)
-    offsets = (_ramp_residual(rolled) ** 2).sum(axis=(2, 3)).argmin(1)        # (n,) best-fitting offset
-    unrotated = rolled[np.arange(len(offsets)), offsets]                        # (n, 8, 3)
+    offsets, unrotated = _unrotate(ring)
     mean_ring = unrotated.mean(0)                                               # (8, 3)
     misfit = np.abs(unrotated - (mean_ring - _ramp_residual(mean_ring))).max()  # vs the fitted ramp
     if misfit > atol:
@@ -255,6 +253,32 @@ def is_on_manifold(video: Tensor, atol: float = 0.1, check_length: bool = True, 
     with ``check_length=False`` any length is accepted (sample quality alone)."""
     result = check_manifold(video, atol=atol, **kwargs)
     return result.on_manifold if check_length else result.frames_ok
+
+
+def frame_ring_misfit(video: Tensor) -> np.ndarray:
+    """Per frame of a ``[n, 3, 3, 3]`` video, the largest distance of a border value from the
+    linear gradient that best fits that frame alone (any ring offset): 0 for the frames of an
+    exact toy video. The checker's misfit is measured against one gradient common to all
+    frames, so it is at least the largest of these; the gap between the two is drift between
+    frames (stride motion)."""
+    if not isinstance(video, Tensor) or video.dim() != 4 or tuple(video.shape[1:]) != (3, 3, 3):
+        raise ValueError(f"video must be a [n, 3, 3, 3] tensor, got {_describe(video)}")
+    ring = video.detach().cpu().double().numpy()[:, :, _RING_Y, _RING_X].transpose(0, 2, 1)
+    _, unrotated = _unrotate(ring)
+    return np.abs(_ramp_residual(unrotated)).max(axis=(1, 2))
+
+
+def _describe(x) -> str:
+    return f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+
+
+def _unrotate(ring: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame of ``ring`` ``(n, 8, 3)``, the ring offset whose rotation best fits a linear
+    ramp (least squares), and the ring rotated back by it: ``(n,)``, ``(n, 8, 3)``."""
+    # Every rotation of every frame: rolled[f, o, k] = ring[f, (k + o) % 8].
+    rolled = ring[:, (np.arange(8)[:, None] + np.arange(8)[None, :]) % 8]      # (n, 8 o, 8 k, 3)
+    offsets = (_ramp_residual(rolled) ** 2).sum(axis=(2, 3)).argmin(1)        # (n,) best-fitting offset
+    return offsets, rolled[np.arange(len(offsets)), offsets]
 
 
 def _ramp_slope(y: np.ndarray) -> np.ndarray:

@@ -50,6 +50,14 @@ class FlowceptionConfig:
             attention averages, so without it the model must learn to count frames, which the
             insertion rates depend on (bidirectional attention only: under a KV cache the count
             changes as frames are appended).
+        prediction: what the network's output layer predicts. ``"velocity"``: the velocity
+            ``X¹ − ε`` itself (as the paper). ``"clean"``: the clean frame ``X̂¹``, turned into the
+            velocity ``(X̂¹ − X_t) / max(1 − t, clean_min_gap)`` inside ``forward`` (x-prediction,
+            Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise"), so the loss,
+            the sampler and guidance are unchanged. On ToyColoring it halves the per-frame error
+            of the samples at equal training steps (README, Results).
+        clean_min_gap: the floor on ``1 − t`` in that division, which keeps the velocity finite
+            as ``t → 1`` (below it the output acts as a scaled velocity).
         log_rate_clamp: clamp of the predicted log-rate, for a stable ``λ = exp(log_rate)``.
         rope_theta: base of the rotary frequencies.
     """
@@ -66,6 +74,8 @@ class FlowceptionConfig:
     num_classes: int = 0
     rate_head: bool = True
     length_conditioning: bool = False
+    prediction: Literal["velocity", "clean"] = "velocity"
+    clean_min_gap: float = 0.05
     log_rate_clamp: tuple[float, float] = (-12.0, 8.0)
     rope_theta: float = 10000.0
     layer_norm_eps: float = 1e-6
@@ -101,6 +111,10 @@ class FlowceptionConfig:
             raise ValueError(f"attention must be 'bidirectional' or 'causal', got {self.attention!r}")
         if self.length_conditioning and self.attention != "bidirectional":
             raise ValueError("length_conditioning needs attention='bidirectional' (a KV cache would go stale as the count grows)")
+        if self.prediction not in ("velocity", "clean"):
+            raise ValueError(f"prediction must be 'velocity' or 'clean', got {self.prediction!r}")
+        if not isinstance(self.clean_min_gap, (int, float)) or not 0 < self.clean_min_gap <= 1:
+            raise ValueError(f"clean_min_gap must be a number in (0, 1], got {self.clean_min_gap!r}")
         if not isinstance(self.num_classes, int) or self.num_classes < 0:
             raise ValueError(f"num_classes must be an integer >= 0, got {self.num_classes!r}")
         if not self.mlp_ratio > 0:

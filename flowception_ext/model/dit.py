@@ -254,7 +254,8 @@ class FlowceptionDiT(nn.Module):
     def forward(self, videos: PackedVideos, labels: Tensor | None = None, *,
                 cache: KVCache | None = None) -> tuple[Tensor, Tensor | None]:
         """Velocity ``[N, C, H, W]`` for every frame and log insertion rate ``[N]`` for the slot
-        right of every frame (``None`` when ``config.rate_head`` is False).
+        right of every frame (``None`` when ``config.rate_head`` is False). With
+        ``config.prediction = "clean"`` the velocity is computed from the predicted clean frame.
 
         With ``cache`` (frame-causal models only), ``videos`` holds exactly one frame per video,
         placed after the ``cache.num_frames`` committed ones (see :class:`KVCache`).
@@ -286,8 +287,13 @@ class FlowceptionDiT(nn.Module):
         shift, scale = (m.contiguous() for m in self.final_ada(F.silu(c)).chunk(2, dim=-1))
         h = ops.adaln_modulate(x, shift, scale, cfg.tokens_per_frame, cfg.layer_norm_eps)
         h = h.unflatten(0, (-1, cfg.tokens_per_frame))
-        v = self.final_linear(h[:, :-1])  # (N, L, C p p): patch tokens only
-        velocity = rearrange(v, "n (h w) (c p q) -> n c (h p) (w q)", h=gh, w=gw, p=p, q=p)
+        out = self.final_linear(h[:, :-1])  # (N, L, C p p): patch tokens only
+        out = rearrange(out, "n (h w) (c p q) -> n c (h p) (w q)", h=gh, w=gw, p=p, q=p)
+        if cfg.prediction == "clean":  # out is X̂¹: the velocity that reaches it at t = 1
+            gap = (1 - videos.times.to(dtype)).clamp(min=cfg.clean_min_gap)[:, None, None, None]
+            velocity = (out - frames) / gap
+        else:
+            velocity = out
         log_rate = None
         if self.rate_head is not None:
             rate_state = x.unflatten(0, (-1, cfg.tokens_per_frame))[:, -1]  # (N, D)
