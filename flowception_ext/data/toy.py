@@ -262,14 +262,11 @@ def frame_ring_misfit(video: Tensor) -> np.ndarray:
     frames, so it is at least the largest of these; the gap between the two is drift between
     frames (stride motion)."""
     if not isinstance(video, Tensor) or video.dim() != 4 or tuple(video.shape[1:]) != (3, 3, 3):
-        raise ValueError(f"video must be a [n, 3, 3, 3] tensor, got {_describe(video)}")
+        got = tuple(video.shape) if isinstance(video, Tensor) else type(video).__name__
+        raise ValueError(f"video must be a [n, 3, 3, 3] tensor, got {got}")
     ring = video.detach().cpu().double().numpy()[:, :, _RING_Y, _RING_X].transpose(0, 2, 1)
     _, unrotated = _unrotate(ring)
     return np.abs(_ramp_residual(unrotated)).max(axis=(1, 2))
-
-
-def _describe(x) -> str:
-    return f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
 
 
 def _unrotate(ring: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
