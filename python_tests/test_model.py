@@ -51,7 +51,9 @@ def test_packing_is_exact(window, attention, length_conditioning):
             alone = PackedVideos.from_list([videos.frames[lo:hi]], times=[videos.times[lo:hi]],
                                            is_context=[videos.is_context[lo:hi]])
             v1, r1 = model(alone, labels[b : b + 1])
-            torch.testing.assert_close(v1, vel[lo:hi], atol=1e-5, rtol=1e-5)  # relative: "clean" divides by 1 - t
+            # "clean" divides by 1 - t (down to 0.05), scaling rounding differences with the velocity
+            rtol = 1e-5 if model.config.prediction == "clean" else 0.0
+            torch.testing.assert_close(v1, vel[lo:hi], atol=1e-5, rtol=rtol)
             assert (rate[lo:hi] - r1).abs().max() <= 1e-5
 
 
