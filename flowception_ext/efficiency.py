@@ -195,7 +195,8 @@ def padded_forward(model: FlowceptionDiT, videos: PackedVideos, labels: Tensor |
 def train_step(model: FlowceptionDiT, state: TrainingState, padded: bool = False) -> float:
     """One training step without the optimiser: forward, Flowception loss, backward."""
     velocity, log_rate = padded_forward(model, state.inputs) if padded else model(state.inputs)
-    loss = flowception_loss(velocity, log_rate if model.config.rate_head else None, state)
+    loss = flowception_loss(velocity, log_rate if model.config.rate_head else None, state,
+                            velocity_weight=model.velocity_loss_weight(state.inputs.times))
     loss.total.backward()
     model.zero_grad(set_to_none=True)
     return float(loss.total.detach())

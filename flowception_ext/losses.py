@@ -32,10 +32,12 @@ def flowception_loss(
     insertion_weight: float = 1.0,
     hazard_weighting: bool = False,
     kappa: str | dict | KappaScheduler | None = None,
+    velocity_weight: Tensor | None = None,
 ) -> LossOutput:
     """The Flowception loss of a model output on a training state.
 
-    * ``L_vel = Σ_{flowing i} ‖v_i − (X¹_i − ε_i)‖² / (#flowing frames in the batch · C·H·W)``;
+    * ``L_vel = Σ_{flowing i} w_i ‖v_i − (X¹_i − ε_i)‖² / (#flowing frames in the batch · C·H·W)``
+      with ``w_i = 1``, or ``velocity_weight`` (e.g. :meth:`FlowceptionDiT.velocity_loss_weight`);
     * ``L_ins = Σ_{insertable j} w_j (λ_j − K_j log λ_j) / (#insertable slots in the batch)`` with
       ``λ = exp(ℓ)`` computed from the log-rate ``ℓ`` (no overflow of ``log λ``); ``w_j = 1``, or
       the hazard ``ρ(min(τ_g, 1))`` of the slot's video with ``hazard_weighting`` (the ELBO form).
@@ -50,6 +52,9 @@ def flowception_loss(
         insertion_weight: ``w_ins`` in ``L = L_vel + w_ins · L_ins``.
         hazard_weighting: weight each slot by ``ρ(min(τ_g, 1))``; needs ``kappa``.
         kappa: the scheduler the state was drawn with (only used for hazard weighting).
+        velocity_weight: ``[N]`` non-negative weight of each frame's squared velocity error
+            (``None``: all 1). Pass ``model.velocity_loss_weight(state.inputs.times)``: a model
+            predicting clean frames needs it (see :meth:`FlowceptionDiT.velocity_loss_weight`).
     """
     target = state.velocity_target
     if not isinstance(velocity, Tensor) or velocity.shape != target.shape:
@@ -57,7 +62,11 @@ def flowception_loss(
                          f"got {_shape(velocity)}")
     if log_rate is not None and (not isinstance(log_rate, Tensor) or log_rate.shape != (target.shape[0],)):
         raise ValueError(f"log_rate must be [N] = [{target.shape[0]}] (one per present frame), got {_shape(log_rate)}")
-    for name, x in (("velocity", velocity), ("log_rate", log_rate)):
+    if velocity_weight is not None and (not isinstance(velocity_weight, Tensor)
+                                        or velocity_weight.shape != (target.shape[0],)):
+        raise ValueError(f"velocity_weight must be [N] = [{target.shape[0]}] (one per present frame), "
+                         f"got {_shape(velocity_weight)}")
+    for name, x in (("velocity", velocity), ("log_rate", log_rate), ("velocity_weight", velocity_weight)):
         if x is not None and not x.is_floating_point():
             raise TypeError(f"{name} must be a floating tensor, got {x.dtype}")
     if hazard_weighting and kappa is None:
@@ -66,6 +75,8 @@ def flowception_loss(
     # Velocity: sum over the flowing frames, divided by their number in the batch (not per video).
     dtype = torch.promote_types(velocity.dtype, torch.float32)
     sq = (velocity.to(dtype) - target.to(dtype)).square().flatten(1).sum(1)  # [N]
+    if velocity_weight is not None:
+        sq = sq * velocity_weight.to(dtype)
     denom = (state.flowing.sum() * math.prod(target.shape[1:])).clamp(min=1)
     l_vel = torch.where(state.flowing, sq, 0).sum() / denom
 

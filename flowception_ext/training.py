@@ -117,7 +117,8 @@ def _flowception_objective(model, videos, labels, generator, config: TrainConfig
     if labels is not None and model.config.num_classes:
         labels = torch.where(state.cond_dropped, model.null_label, labels)
     velocity, log_rate = model(state.inputs, labels)
-    return flowception_loss(velocity, log_rate, state, insertion_weight=config.insertion_weight)
+    return flowception_loss(velocity, log_rate, state, insertion_weight=config.insertion_weight,
+                            velocity_weight=model.velocity_loss_weight(state.inputs.times))
 
 
 def _baseline_objective(make_state):
@@ -126,7 +127,8 @@ def _baseline_objective(make_state):
         if labels is not None and model.config.num_classes:
             labels = torch.where(state.cond_dropped, model.null_label, labels)
         velocity, _ = model(state.inputs, labels)
-        return flowception_loss(velocity, None, state, insertion_weight=0.0)
+        return flowception_loss(velocity, None, state, insertion_weight=0.0,
+                                velocity_weight=model.velocity_loss_weight(state.inputs.times))
     return objective
 
 

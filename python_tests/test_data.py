@@ -113,6 +113,26 @@ def test_toy_corrupted_videos_are_off_manifold(corruption, reasons):
         assert any(r in result.reason for r in reasons), result.reason
 
 
+@pytest.mark.parametrize("motion", ["stride", "rotation"])
+def test_toy_checker_lists_every_failed_rule(motion):
+    ds = ToyColoring(8, seed=7, motion=motion)
+    for i in range(len(ds)):
+        v = ds[i]
+        assert check_manifold(v, motion=motion).failed == ()
+        # Out of range (every value scaled) and a jumping centre: both reported, range first.
+        bad = v * 3  # contrast >= 1, so some value exceeds 1.5
+        bad[len(v) // 2:, :, 1, 1] += 0.5
+        result = check_manifold(bad, motion=motion)
+        assert {"range", "centre"} <= set(result.failed) and result.failed[0] == "range"
+        assert "values outside" in result.reason and not result.frames_ok and result.misfit < 1e-6
+    # Shuffled frames break only the stride; a flat video has no contrast (nor a stride).
+    shuffled = ds[0][torch.randperm(len(ds[0]), generator=torch.Generator().manual_seed(0))]
+    if motion == "stride":
+        assert check_manifold(shuffled).failed == ("stride",)
+    assert "contrast" in check_manifold(torch.zeros(15, 3, 3, 3), motion=motion).failed
+    assert check_manifold(torch.zeros(15, 3, 4, 4), motion=motion).failed == ("input",)
+
+
 def test_toy_wrong_stride_direction_and_length_reported_separately():
     ds = ToyColoring(60, seed=6)
     for i in range(len(ds)):

@@ -16,7 +16,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # The demo has no --quick: a few steps of everything instead.
 DEMO_QUICK = ["--train-steps", "30", "--num-videos", "4", "--sample-steps", "10"]
 
-# script -> (JSON file it writes, keys it must hold, figures it must write)
+# script and options -> (JSON file it writes, keys it must hold, figures it must write)
 CASES = {
     "demo.py": ("summary.json", ("fraction_lengths_15_20_25_30", "fraction_on_manifold"),
                 ("lengths.png", "samples.gif", "insertion_order.png")),
@@ -27,21 +27,23 @@ CASES = {
     "interpolation.py": ("results.json", ("gap_metrics", "quality"),
                          ("interpolation_examples.png", "interpolation_gaps.png")),
     "length_modeling.py": ("summary.json", ("total_variation_distance", "fraction_on_manifold"), ("lengths.png",)),
+    "length_modeling.py --objective full_sequence": ("summary.json", ("lengths", "fraction_breaking_each_rule"), ()),
 }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", sorted(CASES))
-def test_example_quick(script: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_example_quick(case: str, tmp_path: Path) -> None:
+    script, *options = case.split()
     out = tmp_path / "out"
     # The environment is inherited: the package under test is the one this pytest imports (the
     # installed build in CI, the source tree with PYTHONPATH in development).
     quick = DEMO_QUICK if script == "demo.py" else ["--quick", "--threads", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [sys.executable, str(EXAMPLES / script), *quick, "--out", str(out)]
+    args = [sys.executable, str(EXAMPLES / script), *quick, *options, "--out", str(out)]
     proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    name, keys, figures = CASES[script]
+    name, keys, figures = CASES[case]
     data = json.loads((out / name).read_text())
     assert all(k in data for k in keys), sorted(data)
     for figure in figures:

@@ -69,6 +69,21 @@ def test_hand_computed_values():
     assert out.total.item() == pytest.approx(13 / 12 + 0.5 * expected_ins, rel=1e-14)
 
 
+def test_velocity_weight():
+    state = tiny_state()
+    velocity, log_rate = tiny_outputs()
+    # Frame errors 2, 4, 0.5 on the flowing frames 1–3; weights on non-flowing frames are unused.
+    weight = torch.tensor([7.0, 0.5, 0.0, 2.0, 7.0], dtype=torch.float64)
+    out = flowception_loss(velocity, log_rate, state, velocity_weight=weight)
+    assert out.velocity.item() == pytest.approx((0.5 * 2 + 0 * 4 + 2 * 0.5) / 6, rel=1e-15)
+    ones = flowception_loss(velocity, log_rate, state, velocity_weight=torch.ones(5, dtype=torch.float64))
+    assert ones.velocity.item() == flowception_loss(velocity, log_rate, state).velocity.item()
+    with pytest.raises(ValueError, match=r"velocity_weight must be \[N\] = \[5\]"):
+        flowception_loss(velocity, log_rate, state, velocity_weight=weight[:4])
+    with pytest.raises(TypeError, match="velocity_weight must be a floating"):
+        flowception_loss(velocity, log_rate, state, velocity_weight=torch.ones(5, dtype=torch.int64))
+
+
 def test_non_insertable_slots_are_ignored():
     state = tiny_state()
     state.inputs = state.inputs.replace(insertable=torch.tensor([True, True, False, True, True]))

@@ -51,7 +51,7 @@ def test_packing_is_exact(window, attention, length_conditioning):
             alone = PackedVideos.from_list([videos.frames[lo:hi]], times=[videos.times[lo:hi]],
                                            is_context=[videos.is_context[lo:hi]])
             v1, r1 = model(alone, labels[b : b + 1])
-            # "clean" divides by 1 - t (down to 0.05), scaling rounding differences with the velocity
+            # "clean" divides by 1 - t, scaling rounding differences with the velocity
             rtol = 1e-5 if model.config.prediction == "clean" else 0.0
             torch.testing.assert_close(v1, vel[lo:hi], atol=1e-5, rtol=rtol)
             assert (rate[lo:hi] - r1).abs().max() <= 1e-5
@@ -92,22 +92,51 @@ def test_zero_init_outputs():
 
 @pytest.mark.parametrize("attention", ["bidirectional", "causal"])
 def test_clean_prediction_is_the_velocity_to_the_predicted_frame(attention):
-    # Same weights: the "clean" model's velocity is (raw output − X_t) / max(1 − t, gap).
+    # Same weights: the "clean" model's velocity is (raw output − X_t) / (1 − t), 0 at t = 1.
     velocity_model = make_model(attention=attention, window=1)
-    clean_model = FlowceptionDiT(FlowceptionConfig(**{**velocity_model.config.to_dict(), "prediction": "clean",
-                                                      "clean_min_gap": 0.1}))
+    clean_model = FlowceptionDiT(FlowceptionConfig(**{**velocity_model.config.to_dict(), "prediction": "clean"}))
     clean_model.load_state_dict(velocity_model.state_dict())
-    videos = make_videos([3, 5], seed=1)
-    videos = videos.replace(times=torch.where(videos.is_context, videos.times, videos.times * 0.99))
+    videos = make_videos([3, 5, 4], seed=1)
+    times = torch.where(videos.is_context, videos.times, videos.times * 0.99)
+    times[-1] = 1 - 1e-4  # within the loss weight's floor: the velocity is still exact
+    videos = videos.replace(times=times)
     with torch.no_grad():
         raw, rate = velocity_model(videos)
         vel, rate_clean = clean_model(videos)
-    gap = (1 - videos.times).clamp(min=0.1)[:, None, None, None]
-    torch.testing.assert_close(vel, (raw - videos.frames) / gap)
     assert torch.equal(rate, rate_clean)
-    # One Euler step of size 1 − t lands on the predicted frame when 1 − t is above the floor.
-    far = videos.times < 0.9
-    torch.testing.assert_close((videos.frames + gap * vel)[far], raw[far])
+    flowing = videos.times < 1
+    gap = (1 - videos.times)[:, None, None, None]
+    torch.testing.assert_close(vel[flowing], ((raw - videos.frames) / gap)[flowing])
+    assert torch.equal(vel[~flowing], torch.zeros_like(vel[~flowing]))
+    # One Euler step of size 1 − t lands on the predicted frame, however close t is to 1.
+    torch.testing.assert_close((videos.frames + gap * vel)[flowing], raw[flowing])
+
+
+def test_clean_prediction_keeps_times_near_one_in_bfloat16():
+    # bf16 rounds t = 0.999 to 1; the velocity must still move the frame.
+    model = make_model(prediction="clean").to(torch.bfloat16)
+    videos = make_videos([3], context_every=10)
+    videos = videos.replace(frames=videos.frames.to(torch.bfloat16), times=torch.tensor([0.999, 0.5, 1.0]))
+    with torch.no_grad():
+        vel, _ = model(videos)
+    assert vel.dtype == torch.bfloat16
+    assert vel[0].abs().max() > 10 and vel[1].abs().max() > 0 and not vel[2].any()
+
+
+def test_velocity_loss_weight_caps_the_clean_frame_weight():
+    times = torch.tensor([0.0, 0.5, 0.9, 0.95, 0.99, 1.0])
+    assert make_model().velocity_loss_weight(times) is None
+    weight = make_model(prediction="clean", clean_min_gap=0.1).velocity_loss_weight(times)
+    torch.testing.assert_close(weight, torch.tensor([1.0, 1.0, 1.0, 0.25, 0.01, 0.0]))
+    # weight · ‖v − (X¹ − ε)‖² = ‖X̂¹ − X¹‖² / max(1 − t, gap)² for the clean prediction X̂¹
+    g = torch.Generator().manual_seed(0)
+    x1, eps, x_hat = (torch.randn(5, 7, generator=g) for _ in range(3))
+    t = times[:5, None]
+    x_t = t * x1 + (1 - t) * eps
+    v = (x_hat - x_t) / (1 - t)
+    lhs = weight[:5] * (v - (x1 - eps)).square().sum(1)
+    rhs = (x_hat - x1).square().sum(1) / (1 - t[:, 0]).clamp(min=0.1).square()
+    torch.testing.assert_close(lhs, rhs)
 
 
 def test_context_channel_is_used():

@@ -15,10 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from flowception_ext import FlowceptionConfig, FlowceptionDiT
+from flowception_ext import FlowceptionConfig, FlowceptionDiT, PackedVideos
+from flowception_ext.baselines.training import make_autoregressive_state, make_full_sequence_state
 from flowception_ext.checkpoint import load_json, load_tensors
 from flowception_ext.data import TensorFolder, ToyColoring
-from flowception_ext.training import Trainer, TrainConfig, TrainingDiverged, latest_checkpoint
+from flowception_ext.losses import flowception_loss
+from flowception_ext.noising import make_training_state
+from flowception_ext.training import Trainer, TrainConfig, TrainingDiverged, _objectives, latest_checkpoint
 
 CLI = [sys.executable, "-m", "flowception_ext.cli"]
 TRAIN = ["train", "--dataset", "toy-coloring", "--num-videos", "48", "--preset", "tiny", "--patch-size", "3",
@@ -205,3 +208,31 @@ def test_finished_checkpoint_only_for_the_same_run(tmp_path):
     assert finished_checkpoint(tmp_path, model_config, config) == path
     (path / "ema.safetensors").unlink()  # incomplete
     assert finished_checkpoint(tmp_path, model_config, config) is None
+
+
+@pytest.mark.parametrize("objective", ["flowception", "full_sequence", "autoregressive"])
+def test_objectives_weight_the_clean_frame_loss(objective):
+    # A clean-prediction model trains on its velocity_loss_weight; a velocity model on equal weights.
+    videos = PackedVideos.from_list([ToyColoring(4, seed=1)[i] for i in range(4)])
+    config = TrainConfig(steps=1, frames_per_batch=200, progress=False, objective=objective)
+    make_state = {"flowception": make_training_state, "full_sequence": make_full_sequence_state,
+                  "autoregressive": make_autoregressive_state}[objective]
+    for prediction in ("velocity", "clean"):
+        torch.manual_seed(0)
+        model = FlowceptionDiT(FlowceptionConfig(in_channels=3, frame_size=3, patch_size=3, depth=1, hidden_size=24,
+                                                 num_heads=4, prediction=prediction, clean_min_gap=0.5,
+                                                 rate_head=objective == "flowception",
+                                                 attention="causal" if objective == "autoregressive" else "bidirectional"))
+        with torch.no_grad():
+            model.final_linear.weight.normal_(0, 0.1)
+        loss = _objectives()[objective](model, videos, None, torch.Generator().manual_seed(3), config)
+        # The objective draws its state first from its generator: replay it.
+        state = make_state(videos, generator=torch.Generator().manual_seed(3), config=config.noising)
+        velocity, log_rate = model(state.inputs)
+        unweighted = flowception_loss(velocity, log_rate, state)
+        if prediction == "velocity":
+            assert loss.velocity.item() == unweighted.velocity.item()
+        else:
+            weighted = flowception_loss(velocity, log_rate, state, velocity_weight=model.velocity_loss_weight(state.inputs.times))
+            assert loss.velocity.item() == pytest.approx(weighted.velocity.item(), rel=1e-6)
+            assert loss.velocity.item() < unweighted.velocity.item()

@@ -153,14 +153,24 @@ class ManifoldCheck:
     Attributes:
         frames_ok: the frames follow the rules (gradient, rotation, centre), whatever the length.
         length_ok: the length is an allowed one.
-        reason: why the video is off the manifold ("" if it is on it); frame rules first.
-        stride: signed rotation per frame (+ clockwise) if the gradient was found, else None.
+        reason: why the video is off the manifold ("" if it is on it): the first failed frame
+            rule in the order of :func:`check_manifold`, else the length.
+        stride: signed rotation per frame (+ clockwise) if it is constant, else None; with
+            ``motion="rotation"``, the direction (±1) of the best fit.
+        failed: every frame rule the video breaks, each checked on its own: ``"input"`` (not a
+            finite ``[n, 3, 3, 3]`` video; nothing else is checked), ``"range"``, ``"gradient"``,
+            ``"contrast"``, ``"centre"``, ``"stride"`` (see :func:`check_manifold`). A model can
+            then be scored rule by rule, which ``reason`` alone hides.
+        misfit: the largest distance of a border value from the fitted exact video (the
+            ``"gradient"`` rule's measure; None for bad input).
     """
 
     frames_ok: bool
     length_ok: bool
     reason: str
     stride: int | None = None
+    failed: tuple[str, ...] = ()
+    misfit: float | None = None
 
     @property
     def on_manifold(self) -> bool:
@@ -177,68 +187,73 @@ def check_manifold(
     motion: str = "stride",
 ) -> ManifoldCheck:
     """Check a ``[n, 3, 3, 3]`` video against the ToyColoring rules (``motion="rotation"``:
-    see :func:`_check_rotation`).
+    see :func:`_rotation_failures`).
 
     Tolerance: a video passes the frame rules iff every pixel lies within ``atol`` (pixel units,
     values in ``[-1, 1]``; the default 0.1 is 5% of the range) of an exact toy video whose
     gradient and centre are the least-squares fits to it. Concretely:
 
-    1. values lie in ``[-1 - atol, 1 + atol]``;
-    2. each frame's ring is un-rotated by the offset that best fits a linear ramp; all frames'
+    1. ``"range"``: values lie in ``[-1 - atol, 1 + atol]``;
+    2. ``"gradient"``: each frame's ring is un-rotated by the offset that best fits a linear ramp; all frames'
        un-rotated rings must match one common linear ramp ``c0 + (c1 - c0) k / 7`` within ``atol``;
-    3. the ramp has contrast ``max_c |c1 - c0| >= min_contrast`` (else its rotation is invisible;
+    3. ``"contrast"``: the ramp has contrast ``max_c |c1 - c0| >= min_contrast`` (else its rotation is invisible;
        the dataset draws >= 1.0). A wrong offset misfits by >= 0.46 * contrast, so offsets are
        unambiguous whenever ``atol < 0.46 * min_contrast``;
-    4. the centre stays within ``atol`` of its mean;
-    5. the offset moves by the same signed stride between every two consecutive frames, with
+    4. ``"centre"``: the centre stays within ``atol`` of its mean;
+    5. ``"stride"``: the offset moves by the same signed stride between every two consecutive frames, with
        ``|stride|`` in ``strides`` and its sign in ``directions``.
 
-    The length check (``n`` in ``allowed_lengths``) is reported separately in ``length_ok``,
-    so sample quality and length modelling can be scored apart.
+    Every rule is checked: ``failed`` names all that fail, ``reason`` describes the first. The
+    length check (``n`` in ``allowed_lengths``) is reported separately in ``length_ok``, so
+    sample quality and length modelling can be scored apart.
     """
     n = video.shape[0] if isinstance(video, Tensor) and video.dim() == 4 else None
     length_ok = n in set(allowed_lengths)
     length_reason = "" if length_ok else f"length {n} not in {tuple(allowed_lengths)}"
 
-    def fail(reason: str, stride: int | None = None) -> ManifoldCheck:
-        return ManifoldCheck(False, length_ok, reason, stride)
+    def bad_input(reason: str) -> ManifoldCheck:
+        return ManifoldCheck(False, length_ok, reason, None, ("input",))
 
     if not isinstance(video, Tensor) or video.dim() != 4 or tuple(video.shape[1:]) != (3, 3, 3):
         shape = tuple(video.shape) if isinstance(video, Tensor) else type(video).__name__
-        return fail(f"expected a [n, 3, 3, 3] video, got {shape}")
+        return bad_input(f"expected a [n, 3, 3, 3] video, got {shape}")
     if video.shape[0] == 0:
-        return fail("empty video")
+        return bad_input("empty video")
     v = video.detach().cpu().double().numpy()
     if not np.isfinite(v).all():
-        return fail("non-finite pixels")
-    if np.abs(v).max() > 1 + atol:
-        return fail(f"values outside [-1, 1] by more than atol={atol} (max |x| = {np.abs(v).max():.3f})")
+        return bad_input("non-finite pixels")
 
+    failures: list[tuple[str, str]] = []  # (rule, reason), in the order of the docstring
+    if np.abs(v).max() > 1 + atol:
+        failures.append(("range", f"values outside [-1, 1] by more than atol={atol} (max |x| = {np.abs(v).max():.3f})"))
     ring = v[:, :, _RING_Y, _RING_X].transpose(0, 2, 1)                        # (n, 8, 3)
+    stride = None
     if motion == "rotation":
-        return _check_rotation(v, ring, atol, min_contrast, directions, length_ok, length_reason)
-    offsets, unrotated = _unrotate(ring)
-    mean_ring = unrotated.mean(0)                                               # (8, 3)
-    misfit = np.abs(unrotated - (mean_ring - _ramp_residual(mean_ring))).max()  # vs the fitted ramp
-    if misfit > atol:
-        return fail(f"border is not one rotating linear gradient (max misfit {misfit:.3f} > atol={atol})")
-    contrast = np.abs(_ramp_slope(mean_ring)).max()
-    if contrast < min_contrast:
-        return fail(f"gradient contrast {contrast:.3f} < min_contrast={min_contrast}: rotation not identifiable")
+        stride, misfit = _rotation_failures(ring, atol, min_contrast, directions, failures)
+    else:
+        offsets, unrotated = _unrotate(ring)
+        mean_ring = unrotated.mean(0)                                               # (8, 3)
+        misfit = np.abs(unrotated - (mean_ring - _ramp_residual(mean_ring))).max()  # vs the fitted ramp
+        if misfit > atol:
+            failures.append(("gradient", f"border is not one rotating linear gradient (max misfit {misfit:.3f} > atol={atol})"))
+        contrast = np.abs(_ramp_slope(mean_ring)).max()
+        if contrast < min_contrast:
+            failures.append(("contrast", f"gradient contrast {contrast:.3f} < min_contrast={min_contrast}: rotation not identifiable"))
     centre = v[:, :, 1, 1]
     centre_dev = np.abs(centre - centre.mean(0)).max()
     if centre_dev > atol:
-        return fail(f"centre pixel changes by {centre_dev:.3f} > atol={atol}")
-    if len(offsets) < 2:
-        return ManifoldCheck(True, length_ok, length_reason, None)
-    steps = (np.diff(offsets) + 4) % 8 - 4                                      # signed, in [-4, 3]
-    stride = int(steps[0])
-    if (steps != stride).any():
-        return fail(f"rotation stride is not constant: {steps.tolist()}")
-    if abs(stride) not in set(strides) or np.sign(stride) not in set(directions):
-        return fail(f"rotation stride {stride} not allowed (strides {tuple(strides)}, directions {tuple(directions)})",
-                    stride)
-    return ManifoldCheck(True, length_ok, length_reason, stride)
+        failures.append(("centre", f"centre pixel changes by {centre_dev:.3f} > atol={atol}"))
+    if motion != "rotation" and len(offsets) >= 2:
+        steps = (np.diff(offsets) + 4) % 8 - 4                                      # signed, in [-4, 3]
+        if (steps != steps[0]).any():
+            failures.append(("stride", f"rotation stride is not constant: {steps.tolist()}"))
+        else:
+            stride = int(steps[0])
+            if abs(stride) not in set(strides) or np.sign(stride) not in set(directions):
+                failures.append(("stride", f"rotation stride {stride} not allowed (strides {tuple(strides)}, "
+                                           f"directions {tuple(directions)})"))
+    reason = failures[0][1] if failures else length_reason
+    return ManifoldCheck(not failures, length_ok, reason, stride, tuple(rule for rule, _ in failures), float(misfit))
 
 
 def check_manifold_batch(videos: PackedVideos | Sequence[Tensor], **kwargs) -> list[ManifoldCheck]:
@@ -290,11 +305,12 @@ def _ramp_residual(y: np.ndarray) -> np.ndarray:
     return y - y.mean(-2, keepdims=True) - _ramp_slope(y)[..., None, :] * w
 
 
-def _check_rotation(v: np.ndarray, ring: np.ndarray, atol: float, min_contrast: float, directions: Sequence[int],
-                    length_ok: bool, length_reason: str) -> ManifoldCheck:
-    """``motion="rotation"``: every pixel within ``atol`` of the best exact video that turns once
-    over its ``n`` frames (speed ``8/n``), found by a search over the start position and the
-    direction with least-squares end colours (a 1/64-pixel grid, refined to 1/4096)."""
+def _rotation_failures(ring: np.ndarray, atol: float, min_contrast: float, directions: Sequence[int],
+                       failures: list[tuple[str, str]]) -> tuple[int, float]:
+    """``motion="rotation"``: every ring value within ``atol`` of the best exact video that turns
+    once over its ``n`` frames (speed ``8/n``), found by a search over the start position and the
+    direction with least-squares end colours (a 1/64-pixel grid, refined to 1/4096). Appends the
+    failed rules to ``failures``; returns the direction of the best fit and its misfit."""
     n = ring.shape[0]
 
     def fit(phases: np.ndarray, signs: np.ndarray):
@@ -316,13 +332,9 @@ def _check_rotation(v: np.ndarray, ring: np.ndarray, atol: float, min_contrast: 
     err, coef = fit(fine, np.full(len(fine), sgn[best]))
     best_fine = int(err.argmin())
     if err[best_fine] > atol:
-        return ManifoldCheck(False, length_ok, f"border is not a gradient turning once over {n} frames "
-                             f"(max misfit {err[best_fine]:.3f} > atol={atol})")
+        failures.append(("gradient", f"border is not a gradient turning once over {n} frames "
+                                     f"(max misfit {err[best_fine]:.3f} > atol={atol})"))
     c0, c1 = coef[best_fine]
     if np.abs(c1 - c0).max() < min_contrast:
-        return ManifoldCheck(False, length_ok, f"gradient contrast {np.abs(c1 - c0).max():.3f} < min_contrast={min_contrast}")
-    centre = v[:, :, 1, 1]
-    centre_dev = np.abs(centre - centre.mean(0)).max()
-    if centre_dev > atol:
-        return ManifoldCheck(False, length_ok, f"centre pixel changes by {centre_dev:.3f} > atol={atol}")
-    return ManifoldCheck(True, length_ok, length_reason, int(sgn[best]))
+        failures.append(("contrast", f"gradient contrast {np.abs(c1 - c0).max():.3f} < min_contrast={min_contrast}"))
+    return int(sgn[best]), float(err[best_fine])

@@ -290,8 +290,10 @@ class FlowceptionDiT(nn.Module):
         out = self.final_linear(h[:, :-1])  # (N, L, C p p): patch tokens only
         out = rearrange(out, "n (h w) (c p q) -> n c (h p) (w q)", h=gh, w=gw, p=p, q=p)
         if cfg.prediction == "clean":  # out is X̂¹: the velocity that reaches it at t = 1
-            gap = (1 - videos.times.to(dtype)).clamp(min=cfg.clean_min_gap)[:, None, None, None]
-            velocity = (out - frames) / gap
+            # In float32 at least: in bf16, t = 0.999 would round to 1. A frame at t = 1 does not
+            # move; the clamp only keeps that unused branch finite.
+            gap = (1 - videos.times.to(torch.promote_types(dtype, torch.float32)))[:, None, None, None]
+            velocity = torch.where(gap > 0, (out - frames) / gap.clamp(min=1e-6), 0).to(dtype)
         else:
             velocity = out
         log_rate = None
@@ -299,6 +301,20 @@ class FlowceptionDiT(nn.Module):
             rate_state = x.unflatten(0, (-1, cfg.tokens_per_frame))[:, -1]  # (N, D)
             log_rate = self.rate_head(rate_state).squeeze(-1).clamp(*cfg.log_rate_clamp)
         return velocity, log_rate
+
+    def velocity_loss_weight(self, times: Tensor) -> Tensor | None:
+        """Per-frame weight of the squared velocity error in the training loss, or ``None`` for
+        equal weights (``prediction="velocity"``).
+
+        With ``prediction="clean"`` the velocity error is ``(X̂¹ − X¹) / (1 − t)``, so its square
+        weights the clean-frame error by ``1 / (1 − t)²``, unbounded as ``t → 1``; the weight
+        ``min(1, (1 − t) / clean_min_gap)²`` caps that at ``1 / clean_min_gap²``. The network
+        still predicts ``X̂¹`` at every ``t``, so the sampler's last steps land on it.
+        """
+        if self.config.prediction != "clean":
+            return None
+        t = times.to(torch.promote_types(times.dtype, torch.float32))
+        return ((1 - t) / self.config.clean_min_gap).clamp(max=1).square()
 
     # ---- persistence ----------------------------------------------------------------------
 
