@@ -30,12 +30,9 @@ import torch
 
 import flowception_ext as fe
 from flowception_ext.baselines import sample_full_sequence
-from flowception_ext.data import ToyColoring, frame_ring_misfit
+from flowception_ext.data import MANIFOLD_RULES, ToyColoring, frame_ring_misfit
 from flowception_ext.training import finished_checkpoint
 from flowception_ext.viz import plot_length_histogram
-
-
-RULES = ("range", "gradient", "contrast", "centre", "stride")
 
 
 def frame_figures(dataset: ToyColoring, videos: list[torch.Tensor]) -> dict:
@@ -48,7 +45,7 @@ def frame_figures(dataset: ToyColoring, videos: list[torch.Tensor]) -> dict:
         "fraction_on_manifold": sum(c.on_manifold for c in checks) / len(checks),
         "fraction_frames_follow_rules": sum(c.frames_ok for c in checks) / len(checks),
         "fraction_breaking_each_rule": {rule: round(sum(rule in c.failed for c in checks) / len(checks), 4)
-                                        for rule in RULES},
+                                        for rule in MANIFOLD_RULES},
         "video_border_misfit_quartiles": [round(q, 3) for q in np.quantile([c.misfit for c in checks],
                                                                            [0.25, 0.5, 0.75])],
         "frame_border_misfit_quartiles": [round(q, 3) for q in np.quantile(per_frame, [0.25, 0.5, 0.75])],
@@ -98,32 +95,28 @@ def main() -> None:
     ema = fe.FlowceptionDiT.from_pretrained(Path(args.out) / "checkpoints" / f"step_{args.steps:08d}",
                                             weights="ema.safetensors")
     generator = torch.Generator().manual_seed(0)
-    if args.objective == "full_sequence":  # lengths given: the first data items' lengths
+    if args.objective == "full_sequence":  # lengths given: those of the first data items
         wanted = collections.Counter(dataset.lengths[:args.num_samples])
         videos = [v for n, count in sorted(wanted.items())
                   for v in sample_full_sequence(ema, num_frames=n, num_videos=count, steps=args.sample_steps,
                                                 generator=generator).videos]
         result = {"lengths": f"given: those of the first {args.num_samples} data videos", **frame_figures(dataset, videos)}
-        (Path(args.out) / "summary.json").write_text(json.dumps(result, indent=2))
-        print(json.dumps(result, indent=2))
-        return
-    output = fe.sample(ema, num_videos=args.num_samples, steps=args.sample_steps, generator=generator)
-
-    generated = collections.Counter(output.lengths)
-    data = collections.Counter(dataset.lengths)
-    support = set(generated) | set(data)
-    tv = 0.5 * sum(abs(generated[n] / args.num_samples - data[n] / len(dataset)) for n in support)
-    result = {
-        "length_counts": dict(sorted(generated.items())),
-        "fraction_in_data_lengths": sum(generated[n] for n in lengths) / args.num_samples,
-        "total_variation_distance": round(tv, 4),
-        **frame_figures(dataset, output.videos),
-        "histogram": str(plot_length_histogram(output.lengths, Path(args.out) / "lengths.png",
-                                               reference=dataset.lengths)),
-    }
+    else:
+        output = fe.sample(ema, num_videos=args.num_samples, steps=args.sample_steps, generator=generator)
+        generated = collections.Counter(output.lengths)
+        data = collections.Counter(dataset.lengths)
+        support = set(generated) | set(data)
+        tv = 0.5 * sum(abs(generated[n] / args.num_samples - data[n] / len(dataset)) for n in support)
+        result = {
+            "length_counts": dict(sorted(generated.items())),
+            "fraction_in_data_lengths": sum(generated[n] for n in lengths) / args.num_samples,
+            "total_variation_distance": round(tv, 4),
+            **frame_figures(dataset, output.videos),
+            "histogram": str(plot_length_histogram(output.lengths, Path(args.out) / "lengths.png",
+                                                   reference=dataset.lengths)),
+        }
     (Path(args.out) / "summary.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
-
 
 if __name__ == "__main__":
     main()

@@ -9,11 +9,12 @@ from .base import VideoDataset, check_video, collate_videos
 from .folders import TensorFolder, VideoFolder
 from .sampler import FrameBudgetBatchSampler
 from .shapes import MovingShapes, ShapesConsistency, consistency, is_consistent
-from .toy import ManifoldCheck, ToyColoring, check_manifold, check_manifold_batch, frame_ring_misfit, is_on_manifold
+from .toy import (MANIFOLD_RULES, ManifoldCheck, ToyColoring, check_manifold, check_manifold_batch, frame_ring_misfit,
+                  is_on_manifold)
 
 __all__ = [
     "VideoDataset", "check_video", "collate_videos", "FrameBudgetBatchSampler",
-    "ToyColoring", "ManifoldCheck", "check_manifold", "check_manifold_batch", "frame_ring_misfit",
+    "ToyColoring", "ManifoldCheck", "MANIFOLD_RULES", "check_manifold", "check_manifold_batch", "frame_ring_misfit",
     "is_on_manifold",
     "MovingShapes", "ShapesConsistency", "consistency", "is_consistent",
     "TensorFolder", "VideoFolder",

@@ -38,7 +38,7 @@ from torch import Tensor
 from ..packing import PackedVideos
 from .base import VideoDataset, hash_uniform, item_rng
 
-__all__ = ["ToyColoring", "ManifoldCheck", "check_manifold", "check_manifold_batch", "frame_ring_misfit",
+__all__ = ["ToyColoring", "ManifoldCheck", "MANIFOLD_RULES", "check_manifold", "check_manifold_batch", "frame_ring_misfit",
            "is_on_manifold"]
 
 # Ring of border pixels, clockwise from the top-left corner: (row, column).
@@ -49,6 +49,8 @@ _RAMP = np.arange(8) / 7.0  # gradient weight of ring slot k (k = 0 is colour c0
 TOY_LENGTHS = (15, 20, 25, 30)
 TOY_STRIDES = (1, 2, 3)
 MOTIONS = ("stride", "rotation")
+# The frame rules of check_manifold, in the order its ``reason`` reports them.
+MANIFOLD_RULES = ("range", "gradient", "contrast", "centre", "stride")
 
 
 def _sawtooth(offsets: np.ndarray) -> np.ndarray:
@@ -158,9 +160,10 @@ class ManifoldCheck:
         stride: signed rotation per frame (+ clockwise) if it is constant, else None; with
             ``motion="rotation"``, the direction (±1) of the best fit.
         failed: every frame rule the video breaks, each checked on its own: ``"input"`` (not a
-            finite ``[n, 3, 3, 3]`` video; nothing else is checked), ``"range"``, ``"gradient"``,
-            ``"contrast"``, ``"centre"``, ``"stride"`` (see :func:`check_manifold`). A model can
-            then be scored rule by rule, which ``reason`` alone hides.
+            finite ``[n, 3, 3, 3]`` video; nothing else is checked), else those of
+            ``MANIFOLD_RULES`` = ``("range", "gradient", "contrast", "centre", "stride")``, in that
+            order (see :func:`check_manifold`). A model can then be scored rule by rule, which
+            ``reason`` alone hides.
         misfit: the largest distance of a border value from the fitted exact video (the
             ``"gradient"`` rule's measure; None for bad input).
     """
@@ -223,9 +226,13 @@ def check_manifold(
     if not np.isfinite(v).all():
         return bad_input("non-finite pixels")
 
-    failures: list[tuple[str, str]] = []  # (rule, reason), in the order of the docstring
+    failures: list[tuple[str, str]] = []  # (rule, reason), sorted into MANIFOLD_RULES order below
     if np.abs(v).max() > 1 + atol:
         failures.append(("range", f"values outside [-1, 1] by more than atol={atol} (max |x| = {np.abs(v).max():.3f})"))
+    centre = v[:, :, 1, 1]
+    centre_dev = np.abs(centre - centre.mean(0)).max()
+    if centre_dev > atol:
+        failures.append(("centre", f"centre pixel changes by {centre_dev:.3f} > atol={atol}"))
     ring = v[:, :, _RING_Y, _RING_X].transpose(0, 2, 1)                        # (n, 8, 3)
     stride = None
     if motion == "rotation":
@@ -239,19 +246,15 @@ def check_manifold(
         contrast = np.abs(_ramp_slope(mean_ring)).max()
         if contrast < min_contrast:
             failures.append(("contrast", f"gradient contrast {contrast:.3f} < min_contrast={min_contrast}: rotation not identifiable"))
-    centre = v[:, :, 1, 1]
-    centre_dev = np.abs(centre - centre.mean(0)).max()
-    if centre_dev > atol:
-        failures.append(("centre", f"centre pixel changes by {centre_dev:.3f} > atol={atol}"))
-    if motion != "rotation" and len(offsets) >= 2:
         steps = (np.diff(offsets) + 4) % 8 - 4                                      # signed, in [-4, 3]
-        if (steps != steps[0]).any():
+        if (steps != steps[:1]).any():
             failures.append(("stride", f"rotation stride is not constant: {steps.tolist()}"))
-        else:
+        elif len(steps):
             stride = int(steps[0])
             if abs(stride) not in set(strides) or np.sign(stride) not in set(directions):
                 failures.append(("stride", f"rotation stride {stride} not allowed (strides {tuple(strides)}, "
                                            f"directions {tuple(directions)})"))
+    failures.sort(key=lambda failure: MANIFOLD_RULES.index(failure[0]))
     reason = failures[0][1] if failures else length_reason
     return ManifoldCheck(not failures, length_ok, reason, stride, tuple(rule for rule, _ in failures), float(misfit))
 
