@@ -6,12 +6,13 @@ distance between the generated and data length laws, the on-manifold rate, the f
 videos breaking each rule of the checker and the border misfits, and writes a histogram.
 ``--objective full_sequence`` trains the same backbone as plain flow matching on whole videos
 (no rate head) and samples it at the data's lengths: a control that sees every frame at its
-true position. Deterministic for a given thread count (the default is one thread). A rerun into the same ``--out`` with the same model and training options reuses the
-finished checkpoint and only samples again.
+true position. Deterministic for a given thread count (the default is one thread). A rerun
+into the same ``--out`` with the same model and training options reuses the finished
+checkpoint and only samples again.
 
     python examples/length_modeling.py                  # the README's run: 24000 steps, ~38 min CPU on 1 thread
     python examples/length_modeling.py --prediction velocity     # the network predicts the velocity instead
-    python examples/length_modeling.py --objective full_sequence --out runs/lm_full_sequence  # control (below)
+    python examples/length_modeling.py --objective full_sequence --out runs/lm_full_sequence  # the control
     python examples/length_modeling.py --steps 5000 --motion rotation
     python examples/length_modeling.py --steps 1500 --lengths 20      # control: one length only
     python examples/length_modeling.py --quick --out /tmp/lm          # CI check (under 3 min)
