@@ -3,7 +3,8 @@ generated lengths with the data's.
 
 Prints the length counts, the fraction of lengths in the data's set, the total-variation
 distance between the generated and data length laws, the on-manifold rate, the fraction of
-videos breaking each rule of the checker and the border misfits, and writes a histogram.
+videos breaking each rule of the checker and the border misfits, and writes a histogram. With
+the stride motion it also probes whether the network pools the frames (``offset_probe``).
 ``--objective full_sequence`` trains the same backbone as plain flow matching on whole videos
 (no rate head) and samples it at the data's lengths: a control that sees every frame at its
 true position. Deterministic for a given thread count (the default is one thread). A rerun
@@ -28,10 +29,11 @@ from pathlib import Path
 import numpy as np
 
 import torch
+from torch import Tensor
 
 import flowception_ext as fe
 from flowception_ext.baselines import sample_full_sequence
-from flowception_ext.data import MANIFOLD_RULES, ToyColoring, frame_ring_misfit
+from flowception_ext.data import MANIFOLD_RULES, ToyColoring, fit_stride_offsets, frame_ring_misfit, ring_offsets
 from flowception_ext.training import finished_checkpoint
 from flowception_ext.viz import plot_length_histogram
 
@@ -52,6 +54,41 @@ def frame_figures(dataset: ToyColoring, videos: list[torch.Tensor]) -> dict:
         "frame_border_misfit_quartiles": [round(q, 3) for q in np.quantile(per_frame, [0.25, 0.5, 0.75])],
         "fraction_frames_border_within_atol": round(float((per_frame <= 0.1).mean()), 4),
     }
+
+
+@torch.no_grad()
+def offset_probe(model: fe.FlowceptionDiT, dataset: ToyColoring, times=(0.2, 0.4, 0.6), num_videos: int = 64) -> dict:
+    """Does the network pool what all frames say about the motion? The last ``num_videos`` data
+    videos, cut to the shortest allowed length, are noised to one time t. Reported: the fraction
+    of frames whose ring offset is right in the network's clean-frame estimate X_t + (1 - t) v,
+    next to the least-squares fit of one stride video to the same noisy frames, which pools them
+    all. "t = 0" puts one pure-noise frame among clean real ones instead. Stride motion only."""
+    num_frames = min(dataset.allowed_lengths)
+    videos = [dataset[i][:num_frames] for i in range(len(dataset) - num_videos, len(dataset))]
+    truth = [ring_offsets(v) for v in videos]
+    generator = torch.Generator().manual_seed(0)
+
+    def right(offsets: list[np.ndarray], noised: list[Tensor]) -> float:  # fraction right, over the noised frames
+        hits = [(o == r)[m.numpy()] for o, r, m in zip(offsets, truth, noised)]
+        return round(float(np.mean(np.concatenate(hits))), 3)
+
+    result = {}
+    for t in (0.0, *times):
+        times_ = [torch.full((len(v),), t) for v in videos]
+        if t == 0.0:  # one noise frame among clean frames
+            for ts in times_:
+                ts.fill_(1.0)[int(torch.randint(num_frames, (1,), generator=generator))] = 0.0
+        noisy = [ts.view(-1, 1, 1, 1) * v + (1 - ts.view(-1, 1, 1, 1)) * torch.randn(v.shape, generator=generator)
+                 for v, ts in zip(videos, times_)]
+        packed = fe.PackedVideos.from_list(noisy, times=times_)
+        velocity, _ = model(packed)
+        clean = packed.split(packed.frames + (1 - packed.times)[:, None, None, None] * velocity)
+        noised = [ts < 1 for ts in times_]
+        key = "one_noise_frame_among_clean" if t == 0.0 else f"all_frames_at_t={t}"
+        result[key] = {"network": right([ring_offsets(x) for x in clean], noised)}
+        if t > 0:
+            result[key]["least_squares_stride_fit"] = right([fit_stride_offsets(x) for x in noisy], noised)
+    return result
 
 
 def main() -> None:
@@ -95,13 +132,15 @@ def main() -> None:
         print(f"reusing the finished run {finished} (same model and training config)", flush=True)
     ema = fe.FlowceptionDiT.from_pretrained(Path(args.out) / "checkpoints" / f"step_{args.steps:08d}",
                                             weights="ema.safetensors")
+    probe = {"offset_accuracy_probe": offset_probe(ema, dataset)} if args.motion == "stride" else {}
     generator = torch.Generator().manual_seed(0)
     if args.objective == "full_sequence":  # lengths given: those of the first data items
         wanted = collections.Counter(dataset.lengths[:args.num_samples])
         videos = [v for n, count in sorted(wanted.items())
                   for v in sample_full_sequence(ema, num_frames=n, num_videos=count, steps=args.sample_steps,
                                                 generator=generator).videos]
-        result = {"lengths": f"given: those of the first {args.num_samples} data videos", **frame_figures(dataset, videos)}
+        result = {"lengths": f"given: those of the first {args.num_samples} data videos",
+                  **frame_figures(dataset, videos), **probe}
     else:
         output = fe.sample(ema, num_videos=args.num_samples, steps=args.sample_steps, generator=generator)
         generated = collections.Counter(output.lengths)
@@ -113,6 +152,7 @@ def main() -> None:
             "fraction_in_data_lengths": sum(generated[n] for n in lengths) / args.num_samples,
             "total_variation_distance": round(tv, 4),
             **frame_figures(dataset, output.videos),
+            **probe,
             "histogram": str(plot_length_histogram(output.lengths, Path(args.out) / "lengths.png",
                                                    reference=dataset.lengths)),
         }

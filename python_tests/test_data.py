@@ -15,7 +15,8 @@ from safetensors.torch import save_file
 from flowception_ext import PackedVideos
 from flowception_ext.data import (FrameBudgetBatchSampler, MovingShapes, TensorFolder, ToyColoring, VideoFolder,
                                   check_manifold, check_manifold_batch, collate_videos, consistency,
-                                  frame_ring_misfit, is_consistent, is_on_manifold)
+                                  fit_stride_offsets, frame_ring_misfit, is_consistent, is_on_manifold,
+                                  ring_offsets)
 from flowception_ext.data.toy import _RING_X, _RING_Y
 
 # ---- ToyColoring ---------------------------------------------------------------------------
@@ -78,6 +79,30 @@ def test_frame_ring_misfit():
         assert misfit[1] > 0.2 and np.delete(misfit, 1).max() < 1e-6
     with pytest.raises(ValueError, match=r"\[n, 3, 3, 3\]"):
         frame_ring_misfit(torch.zeros(2, 3, 4, 4))
+
+
+def test_ring_offsets_and_stride_fit():
+    ds = ToyColoring(16, seed=5, allowed_lengths=(20,))
+    g = torch.Generator().manual_seed(0)
+    alone = pooled = 0
+    for i in range(len(ds)):
+        v = ds[i]
+        truth = ring_offsets(v)
+        assert check_manifold(v).stride == ((truth[1] - truth[0] + 4) % 8 - 4)  # the checker's reading
+        np.testing.assert_array_equal(fit_stride_offsets(v), truth)
+        noisy = v + 0.6 * torch.randn(v.shape, generator=g)
+        alone += (ring_offsets(noisy) == truth).mean() / len(ds)
+        pooled += (fit_stride_offsets(noisy) == truth).mean() / len(ds)
+    # Frame by frame the noise hides many offsets; one stride video fitted to all frames recovers them.
+    assert alone < 0.9 and pooled > 0.99
+    # A fixed direction: the fit only returns allowed motions.
+    offsets = fit_stride_offsets(ds[0] + 0.6 * torch.randn(ds[0].shape, generator=g), strides=(2,), directions=(-1,))
+    assert set((np.diff(offsets) % 8).tolist()) == {6}
+    for bad in (torch.zeros(0, 3, 3, 3), torch.zeros(2, 3, 4, 4), "video"):
+        with pytest.raises(ValueError, match=r"\[n, 3, 3, 3\]"):
+            ring_offsets(bad)
+        with pytest.raises(ValueError, match=r"\[n, 3, 3, 3\]"):
+            fit_stride_offsets(bad)
 
 
 def _shift(x: torch.Tensor) -> torch.Tensor:

@@ -26,8 +26,10 @@ CASES = {
                      ("paradigms_consistency.png",)),
     "interpolation.py": ("results.json", ("gap_metrics", "quality"),
                          ("interpolation_examples.png", "interpolation_gaps.png")),
-    "length_modeling.py": ("summary.json", ("total_variation_distance", "fraction_on_manifold"), ("lengths.png",)),
-    "length_modeling.py --objective full_sequence": ("summary.json", ("lengths", "fraction_breaking_each_rule"), ()),
+    "length_modeling.py": ("summary.json",
+                           ("total_variation_distance", "fraction_on_manifold", "offset_accuracy_probe"), ("lengths.png",)),
+    "length_modeling.py --objective full_sequence": ("summary.json",
+                                                     ("lengths", "fraction_breaking_each_rule", "offset_accuracy_probe"), ()),
 }
 
 

@@ -9,13 +9,13 @@ from .base import VideoDataset, check_video, collate_videos
 from .folders import TensorFolder, VideoFolder
 from .sampler import FrameBudgetBatchSampler
 from .shapes import MovingShapes, ShapesConsistency, consistency, is_consistent
-from .toy import (MANIFOLD_RULES, ManifoldCheck, ToyColoring, check_manifold, check_manifold_batch, frame_ring_misfit,
-                  is_on_manifold)
+from .toy import (MANIFOLD_RULES, ManifoldCheck, ToyColoring, check_manifold, check_manifold_batch, fit_stride_offsets,
+                  frame_ring_misfit, is_on_manifold, ring_offsets)
 
 __all__ = [
     "VideoDataset", "check_video", "collate_videos", "FrameBudgetBatchSampler",
-    "ToyColoring", "ManifoldCheck", "MANIFOLD_RULES", "check_manifold", "check_manifold_batch", "frame_ring_misfit",
-    "is_on_manifold",
+    "ToyColoring", "ManifoldCheck", "MANIFOLD_RULES", "check_manifold", "check_manifold_batch", "fit_stride_offsets",
+    "frame_ring_misfit", "is_on_manifold", "ring_offsets",
     "MovingShapes", "ShapesConsistency", "consistency", "is_consistent",
     "TensorFolder", "VideoFolder",
 ]

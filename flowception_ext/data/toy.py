@@ -17,7 +17,10 @@ Two motions:
 
 * ``motion="stride"`` (default): the rotation stride is an integer in {1, 2, 3}, independent of
   the length — the rules are exactly checkable frame by frame, but nothing in the frames tells
-  how long the video is, so a model must learn the length distribution blind.
+  how long the video is, so a model must learn the length distribution blind. The ring has 8
+  slots, so the motion aliases: the offsets of two frames ``g`` apart differ by ``s g mod 8``,
+  which fixes ``g`` only modulo 8 (``|s|`` = 1, 3) or 4 (``|s|`` = 2), and strides ``s`` and
+  ``s + 4`` (1 and -3, 2 and -2, 3 and -1) agree on every other frame.
 * ``motion="rotation"``: as in the paper, the gradient moves with the constant speed that makes
   exactly one full turn over the video (``8 / n`` ring pixels per frame, a continuous sawtooth
   ``c0 + (c1 - c0) k / 8`` at fractional positions), so the motion tells the length — the
@@ -38,8 +41,8 @@ from torch import Tensor
 from ..packing import PackedVideos
 from .base import VideoDataset, hash_uniform, item_rng
 
-__all__ = ["ToyColoring", "ManifoldCheck", "MANIFOLD_RULES", "check_manifold", "check_manifold_batch", "frame_ring_misfit",
-           "is_on_manifold"]
+__all__ = ["ToyColoring", "ManifoldCheck", "MANIFOLD_RULES", "check_manifold", "check_manifold_batch",
+           "fit_stride_offsets", "frame_ring_misfit", "is_on_manifold", "ring_offsets"]
 
 # Ring of border pixels, clockwise from the top-left corner: (row, column).
 _RING_Y = np.array([0, 0, 0, 1, 2, 2, 2, 1])
@@ -279,12 +282,41 @@ def frame_ring_misfit(video: Tensor) -> np.ndarray:
     exact toy video. The checker's misfit is measured against one gradient common to all
     frames, so it is at least the largest of these; the gap between the two is drift between
     frames (stride motion)."""
-    if not isinstance(video, Tensor) or video.dim() != 4 or tuple(video.shape[1:]) != (3, 3, 3):
-        got = tuple(video.shape) if isinstance(video, Tensor) else type(video).__name__
-        raise ValueError(f"video must be a [n, 3, 3, 3] tensor, got {got}")
-    ring = video.detach().cpu().double().numpy()[:, :, _RING_Y, _RING_X].transpose(0, 2, 1)
-    _, unrotated = _unrotate(ring)
+    _, unrotated = _unrotate(_ring(video))
     return np.abs(_ramp_residual(unrotated)).max(axis=(1, 2))
+
+
+def ring_offsets(video: Tensor) -> np.ndarray:
+    """Per frame of a ``[n, 3, 3, 3]`` video, the ring slot of colour ``c0`` in the linear
+    gradient that best fits that frame alone (least squares), as the checker reads it: ``(n,)``."""
+    return _unrotate(_ring(video))[0]
+
+
+def fit_stride_offsets(video: Tensor, strides: Sequence[int] = TOY_STRIDES,
+                       directions: Sequence[int] = (1, -1)) -> np.ndarray:
+    """Ring offsets ``(n,)`` of the exact stride-motion video that best fits ``video`` in least
+    squares, over every start slot and allowed signed stride, with least-squares end colours.
+    Unlike :func:`ring_offsets` it pools all frames, so on a noisy video it shows how much the
+    frames together say about each frame's offset."""
+    ring = _ring(video)                                                         # (n, 8, 3)
+    n = ring.shape[0]
+    candidates = np.array([(o0 + d * s * np.arange(n)) % 8
+                           for s in strides for d in directions for o0 in range(8)])   # (G, n)
+    k = (np.arange(8)[None, None, :] - candidates[..., None]) % 8              # (G, n, 8) gradient slot
+    weights = _RAMP[k].reshape(len(candidates), -1)                            # (G, 8n)
+    a = np.stack([1 - weights, weights], -1)                                   # (G, 8n, 2): c0, c1
+    coef = np.linalg.solve(np.einsum("gri,grj->gij", a, a),
+                           np.einsum("gri,rc->gic", a, ring.reshape(-1, 3)))          # (G, 2, 3)
+    residual = ((np.einsum("gri,gic->grc", a, coef) - ring.reshape(-1, 3)) ** 2).sum(axis=(1, 2))
+    return candidates[residual.argmin()]
+
+
+def _ring(video: Tensor) -> np.ndarray:
+    """The border of a ``[n, 3, 3, 3]`` video, clockwise: ``(n, 8, 3)`` float64."""
+    if not isinstance(video, Tensor) or video.dim() != 4 or tuple(video.shape[1:]) != (3, 3, 3) or not len(video):
+        got = tuple(video.shape) if isinstance(video, Tensor) else type(video).__name__
+        raise ValueError(f"video must be a non-empty [n, 3, 3, 3] tensor, got {got}")
+    return video.detach().cpu().double().numpy()[:, :, _RING_Y, _RING_X].transpose(0, 2, 1)
 
 
 def _unrotate(ring: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
