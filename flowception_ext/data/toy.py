@@ -303,12 +303,8 @@ def fit_stride_offsets(video: Tensor, strides: Sequence[int] = TOY_STRIDES,
     candidates = np.array([(o0 + d * s * np.arange(n)) % 8
                            for s in strides for d in directions for o0 in range(8)])   # (G, n)
     k = (np.arange(8)[None, None, :] - candidates[..., None]) % 8              # (G, n, 8) gradient slot
-    weights = _RAMP[k].reshape(len(candidates), -1)                            # (G, 8n)
-    a = np.stack([1 - weights, weights], -1)                                   # (G, 8n, 2): c0, c1
-    coef = np.linalg.solve(np.einsum("gri,grj->gij", a, a),
-                           np.einsum("gri,rc->gic", a, ring.reshape(-1, 3)))          # (G, 2, 3)
-    residual = ((np.einsum("gri,gic->grc", a, coef) - ring.reshape(-1, 3)) ** 2).sum(axis=(1, 2))
-    return candidates[residual.argmin()]
+    residual = _two_colour_fit(_RAMP[k].reshape(len(candidates), -1), ring)[1]  # (G, 8n, 3)
+    return candidates[(residual ** 2).sum(axis=(1, 2)).argmin()]
 
 
 def _ring(video: Tensor) -> np.ndarray:
@@ -340,6 +336,16 @@ def _ramp_residual(y: np.ndarray) -> np.ndarray:
     return y - y.mean(-2, keepdims=True) - _ramp_slope(y)[..., None, :] * w
 
 
+def _two_colour_fit(weights: np.ndarray, ring: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares end colours of ``G`` candidate videos whose ring values are
+    ``c0 + (c1 - c0) * weights[g]`` (``weights`` ``(G, 8n)``, in ``ring``'s ``(n, 8)`` order):
+    the colours ``(G, 2, 3)`` (``c0``, ``c1``) and the residuals ``(G, 8n, 3)``."""
+    a = np.stack([1 - weights, weights], -1)                                     # (G, 8n, 2)
+    y = ring.reshape(-1, 3)                                                      # (8n, 3)
+    coef = np.linalg.solve(np.einsum("gri,grj->gij", a, a) + 1e-12 * np.eye(2), np.einsum("gri,rc->gic", a, y))
+    return coef, np.einsum("gri,gic->grc", a, coef) - y
+
+
 def _rotation_failures(ring: np.ndarray, atol: float, min_contrast: float, directions: Sequence[int],
                        failures: list[tuple[str, str]]) -> tuple[int, float]:
     """``motion="rotation"``: every ring value within ``atol`` of the best exact video that turns
@@ -351,12 +357,8 @@ def _rotation_failures(ring: np.ndarray, atol: float, min_contrast: float, direc
     def fit(phases: np.ndarray, signs: np.ndarray):
         offsets = phases[:, None] + signs[:, None] * 8.0 * np.arange(n)[None, :] / n   # (G, n)
         u = ((np.arange(8)[None, None, :] - offsets[..., None]) % 8) / 8                 # (G, n, 8)
-        a = np.stack([1 - u, u], -1).reshape(len(phases), -1, 2)                         # (G, 8n, 2)
-        y = ring.reshape(-1, 3)                                                          # (8n, 3)
-        ata = np.einsum("gri,grj->gij", a, a) + 1e-12 * np.eye(2)
-        coef = np.linalg.solve(ata, np.einsum("gri,rc->gic", a, y))                      # (G, 2, 3)
-        err = np.abs(np.einsum("gri,gic->grc", a, coef) - y).max(axis=(1, 2))
-        return err, coef
+        coef, residual = _two_colour_fit(u.reshape(len(phases), -1), ring)
+        return np.abs(residual).max(axis=(1, 2)), coef
 
     signs = np.array([d for d in (1, -1) if d in set(directions)], dtype=float)
     grid = np.arange(0, 8, 1 / 64)
