@@ -103,6 +103,9 @@ def test_ring_offsets_and_stride_fit():
             ring_offsets(bad)
         with pytest.raises(ValueError, match=r"\[n, 3, 3, 3\]"):
             fit_stride_offsets(bad)
+    for kwargs in ({"strides": ()}, {"strides": (0,)}, {"strides": (1.5,)}, {"directions": ()}, {"directions": (2,)}):
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            fit_stride_offsets(ds[0], **kwargs)
 
 
 def _shift(x: torch.Tensor) -> torch.Tensor:

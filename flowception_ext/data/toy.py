@@ -298,6 +298,10 @@ def fit_stride_offsets(video: Tensor, strides: Sequence[int] = TOY_STRIDES,
     squares, over every start slot and allowed signed stride, with least-squares end colours.
     Unlike :func:`ring_offsets` it pools all frames, so on a noisy video it shows how much the
     frames together say about each frame's offset."""
+    if not strides or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in strides):
+        raise ValueError(f"strides must be positive integers (at least one), got {strides}")
+    if not directions or not set(directions) <= {1, -1}:
+        raise ValueError(f"directions must be a non-empty subset of (1, -1), got {directions}")
     ring = _ring(video)                                                         # (n, 8, 3)
     n = ring.shape[0]
     candidates = np.array([(o0 + d * s * np.arange(n)) % 8
