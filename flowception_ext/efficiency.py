@@ -158,7 +158,7 @@ def _dense_attention(real_lengths: Tensor, padded_length: int):
     real = torch.arange(padded_length)[None] < real_lengths[:, None]  # (B, n) real frames
     alone = torch.eye(padded_length, dtype=torch.bool)[None] & ~real[:, :, None]
 
-    def attention(q, k, v, cu_seqlens, p, window=-1, scale=None, *, causal=False):
+    def attention(q, k, v, cu_seqlens, p, window=-1, scale=None, *, causal=False, **unused):
         b = real_lengths.numel()
         allowed = local_frame_mask(padded_length, 1, window, causal=causal)  # (n, n) frames
         pair = (real[:, :, None] & real[:, None, :] & allowed) | alone

@@ -47,3 +47,13 @@ def pytest_sessionstart(session):
         raise pytest.UsageError(
             f"FLOWCEPTION_REQUIRE_EXTENSION=1 but the compiled extension is not loaded: "
             f"{flowception_ext.build_info()['fallback_reason']}")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` need a CUDA GPU: skipped (not failed) without one."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (marker `cuda`)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)

@@ -145,7 +145,8 @@ class DiTBlock(nn.Module):
         q, k, v = self.qkv(h).unflatten(-1, (3, self.num_heads, -1)).unbind(1)  # (T, H, d) each
         q, k = apply_rope(q, *rope).to(v.dtype), apply_rope(k, *rope).to(v.dtype)
         if cache is None:
-            a = ops.local_frame_attention(q, k, v, attn["cu_seqlens"], p, attn["window"], causal=attn["causal"])[0]
+            a, _ = ops.local_frame_attention(q, k, v, attn["cu_seqlens"], p, attn["window"], causal=attn["causal"],
+                                             max_frames=attn["max_frames"], return_lse=False)
             a = a.flatten(1)  # (T, D)
         else:
             a = cache.attend(q, k, v, p, attn["window"]).flatten(1)
@@ -279,7 +280,9 @@ class FlowceptionDiT(nn.Module):
         offset = 0 if cache is None else cache.num_frames
         angles = rope_angles(self.token_positions(videos, offset), cfg.head_dim, cfg.rope_theta)[:, None]  # (T, 1, d/2)
         rope = (torch.cos(angles).to(dtype), torch.sin(angles).to(dtype))
-        attn = dict(cu_seqlens=videos.cu_seqlens, tokens_per_frame=cfg.tokens_per_frame,
+        # max_frames once per forward: spares the stock attention backend a host sync per layer
+        max_frames = int(videos.lengths.max()) if videos.num_videos else 0
+        attn = dict(cu_seqlens=videos.cu_seqlens, tokens_per_frame=cfg.tokens_per_frame, max_frames=max_frames,
                     window=-1 if cfg.window is None else cfg.window, causal=cfg.attention == "causal")
         for i, block in enumerate(self.blocks):
             x = block(x, c, rope, attn, None if cache is None else cache.layers[i])

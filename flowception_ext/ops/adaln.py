@@ -12,7 +12,9 @@ import torch
 from torch import Tensor
 
 from ._registry import compiled_op, register
-from .reference import adaln_modulate_ref, check_adaln_args, gated_residual_adaln_ref, gated_residual_ref
+from .backend import select_backend
+from .reference import check_adaln_args
+from .stock import adaln_modulate_stock, gated_residual_adaln_stock, gated_residual_stock
 
 __all__ = [
     "adaln_modulate",
@@ -24,7 +26,8 @@ __all__ = [
 ]
 
 
-def adaln_modulate(x: Tensor, shift: Tensor, scale: Tensor, tokens_per_frame: int, eps: float = 1e-6) -> Tensor:
+def adaln_modulate(x: Tensor, shift: Tensor, scale: Tensor, tokens_per_frame: int, eps: float = 1e-6, *,
+                   backend: str | None = None) -> Tensor:
     """``LayerNorm(x) * (1 + scale[frame]) + shift[frame]``, LayerNorm without affine.
 
     Args:
@@ -32,36 +35,36 @@ def adaln_modulate(x: Tensor, shift: Tensor, scale: Tensor, tokens_per_frame: in
         shift, scale: ``[F, D]``, one row per frame, dtype and device of ``x``.
         tokens_per_frame: tokens of each frame (consecutive rows of ``x``).
         eps: added to the variance.
+        backend: ``"kernels"``, ``"stock"`` or ``None`` (the device's default; see
+            :func:`flowception_ext.ops.select_backend`). The same keyword on every op.
 
     Returns:
         ``y [T, D]``. Differentiable w.r.t. ``x``, ``shift`` and ``scale``; bf16/fp16 compute in fp32.
     """
-    op = compiled_op("adaln_modulate")
-    if op is None:
-        return adaln_modulate_ref(x, shift, scale, tokens_per_frame, eps)
-    return op(x, shift, scale, tokens_per_frame, eps)[0]
+    if select_backend(x.device, backend) == "stock":
+        return adaln_modulate_stock(x, shift, scale, tokens_per_frame, eps)
+    return compiled_op("adaln_modulate")(x, shift, scale, tokens_per_frame, eps)[0]
 
 
-def gated_residual(x: Tensor, h: Tensor, gate: Tensor, tokens_per_frame: int) -> Tensor:
+def gated_residual(x: Tensor, h: Tensor, gate: Tensor, tokens_per_frame: int, *, backend: str | None = None) -> Tensor:
     """``x + gate[frame] * h`` for the residual stream ``x [T, D]``, branch output ``h [T, D]``, ``gate [F, D]``."""
-    op = compiled_op("gated_residual")
-    if op is None:
-        return gated_residual_ref(x, h, gate, tokens_per_frame)
-    return op(x, h, gate, tokens_per_frame)
+    if select_backend(x.device, backend) == "stock":
+        return gated_residual_stock(x, h, gate, tokens_per_frame)
+    return compiled_op("gated_residual")(x, h, gate, tokens_per_frame)
 
 
 def gated_residual_adaln(
-    x: Tensor, h: Tensor, gate: Tensor, shift: Tensor, scale: Tensor, tokens_per_frame: int, eps: float = 1e-6
+    x: Tensor, h: Tensor, gate: Tensor, shift: Tensor, scale: Tensor, tokens_per_frame: int, eps: float = 1e-6, *,
+    backend: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """A block's residual add followed by the next modulated norm, in one pass.
 
     Returns ``(x_new, y)`` with ``x_new = gated_residual(x, h, gate)`` (the new residual stream)
     and ``y = adaln_modulate(x_new, shift, scale)``; both differentiable.
     """
-    op = compiled_op("gated_residual_adaln")
-    if op is None:
-        return gated_residual_adaln_ref(x, h, gate, shift, scale, tokens_per_frame, eps)
-    x_new, y, _, _ = op(x, h, gate, shift, scale, tokens_per_frame, eps)
+    if select_backend(x.device, backend) == "stock":
+        return gated_residual_adaln_stock(x, h, gate, shift, scale, tokens_per_frame, eps)
+    x_new, y, _, _ = compiled_op("gated_residual_adaln")(x, h, gate, shift, scale, tokens_per_frame, eps)
     return x_new, y
 
 

@@ -7,7 +7,8 @@ from torch import Tensor
 from torch.utils.flop_counter import flop_registry
 
 from ._registry import compiled_op, register
-from .reference import local_frame_attention_ref
+from .backend import select_backend
+from .stock import local_frame_attention_stock
 
 __all__ = ["local_frame_attention", "local_frame_attention_flops"]
 
@@ -22,7 +23,10 @@ def local_frame_attention(
     scale: float | None = None,
     *,
     causal: bool = False,
-) -> tuple[Tensor, Tensor]:
+    max_frames: int | None = None,
+    return_lse: bool = True,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor | None]:
     """Attention of packed tokens within each video, restricted to a window of frames.
 
     Token ``i`` belongs to frame ``i // tokens_per_frame``; a token of frame ``f`` attends to
@@ -39,18 +43,25 @@ def local_frame_attention(
         window: frames each side (``-1``: the whole video).
         scale: score scale, ``d ** -0.5`` by default.
         causal: frame-causal attention (frame ``f`` sees frames ``g <= f``, within the window).
+        max_frames: the longest video's frame count, if known (as flash-attn's ``max_seqlen``):
+            spares the stock backend a host sync. Must be right when given.
+        return_lse: also return the log-sum-exp (the stock backend then computes the scores
+            explicitly instead of through ``scaled_dot_product_attention``).
+        backend: ``"kernels"``, ``"stock"`` or ``None`` (the device's default; see
+            :func:`flowception_ext.ops.select_backend`).
 
     Returns:
         ``(out [T, H, d], lse [H, T])``: the output, and the log-sum-exp of each query's scaled
-        scores (float32; float64 for float64 inputs). Differentiable w.r.t. ``q``, ``k``, ``v``
-        (through both outputs).
+        scores (float32; float64 for float64 inputs), or ``None`` with ``return_lse=False``.
+        Differentiable w.r.t. ``q``, ``k``, ``v`` (through both outputs).
     """
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    op = compiled_op("local_frame_attention")
-    if op is None:
-        return local_frame_attention_ref(q, k, v, cu_seqlens, tokens_per_frame, window, scale, causal=causal)
-    return op(q, k, v, cu_seqlens, tokens_per_frame, window, causal, scale)
+    if select_backend(q.device, backend, head_dim=q.shape[-1] if q.dim() == 3 else None) == "stock":
+        return local_frame_attention_stock(q, k, v, cu_seqlens, tokens_per_frame, window, scale, causal=causal,
+                                           max_frames=max_frames, return_lse=return_lse)
+    out, lse = compiled_op("local_frame_attention")(q, k, v, cu_seqlens, tokens_per_frame, window, causal, scale)
+    return out, (lse if return_lse else None)
 
 
 def local_frame_attention_flops(cu_seqlens: Tensor | list[int], tokens_per_frame: int, window: int, heads: int,

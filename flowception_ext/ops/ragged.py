@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from ._registry import as_op_seed, compiled_op, draw_seed, register
+from .backend import select_backend
 from .reference import check_same_device, ragged_insert_ref, ragged_strip_ref
 
 __all__ = ["ragged_insert", "ragged_strip", "ragged_insert_bytes", "ragged_strip_bytes"]
@@ -19,6 +20,7 @@ def ragged_insert(
     seed: int | None = None,
     *,
     generator: torch.Generator | None = None,
+    backend: str | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Insert ``counts[j]`` fresh N(0, I) frames right after frame ``j`` of a packed batch.
 
@@ -28,7 +30,10 @@ def ragged_insert(
         counts: int64 ``[N]``, new frames to insert to the right of each frame (>= 0).
         total_new: ``counts.sum()``; pass it to avoid a device sync (it fixes the output size).
         seed: noise seed, any int in ``[-2**63, 2**64)`` (taken modulo 2^64); the noise of output
-            row ``r`` depends only on ``(seed, r)``. Drawn from ``generator`` when omitted.
+            row ``r`` depends only on ``(seed, r)``, on every device and backend. Drawn from
+            ``generator`` (on any device) when omitted.
+        backend: ``"kernels"``, ``"stock"`` or ``None`` (the device's default; see
+            :func:`flowception_ext.ops.select_backend`).
 
     Returns:
         ``(out [N+M, *S], out_cu_seqlens [B+1], src_pos [N], new_pos [M])`` with
@@ -38,27 +43,25 @@ def ragged_insert(
     if total_new is None:
         total_new = int(counts.sum())
     seed = draw_seed(generator) if seed is None else as_op_seed(seed)
-    op = compiled_op("ragged_insert")
-    if op is None:
+    if select_backend(frames.device, backend) == "stock":  # the reference is vectorised, one host sync
         return ragged_insert_ref(frames, cu_seqlens, counts, total_new, seed)
-    return op(frames, cu_seqlens, counts, total_new, seed)
+    return compiled_op("ragged_insert")(frames, cu_seqlens, counts, total_new, seed)
 
 
 def ragged_strip(
-    frames: Tensor, cu_seqlens: Tensor, keep: Tensor, total_kept: int | None = None
+    frames: Tensor, cu_seqlens: Tensor, keep: Tensor, total_kept: int | None = None, *, backend: str | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Keep the frames of a packed batch where ``keep`` (bool ``[N]``) is set, in order.
 
     Returns ``(out [K, *S], out_cu_seqlens [B+1], src_index [K])`` with ``out == frames[src_index]``.
     Differentiable (the backward scatters into the kept rows). Pass ``total_kept = keep.sum()``
-    to avoid a device sync.
+    to avoid a device sync. ``backend`` as in :func:`ragged_insert`.
     """
     if total_kept is None:
         total_kept = int(keep.sum())
-    op = compiled_op("ragged_strip")
-    if op is None:
+    if select_backend(frames.device, backend) == "stock":
         return ragged_strip_ref(frames, cu_seqlens, keep, total_kept)
-    return op(frames, cu_seqlens, keep, total_kept)
+    return compiled_op("ragged_strip")(frames, cu_seqlens, keep, total_kept)
 
 
 def ragged_insert_bytes(frames_shape: torch.Size, total_new: int, element_size: int) -> int:

@@ -22,6 +22,7 @@ __all__ = [
     "ragged_insert_ref",
     "ragged_strip_ref",
     "check_ragged_args",
+    "check_cu_seqlens",
     "check_same_device",
 ]
 
@@ -201,8 +202,10 @@ def check_same_device(frames: Tensor, **tensors: Tensor) -> None:
             raise ValueError(f"{name} must be on the same device as frames ({frames.device}), got {t.device}")
 
 
-def check_ragged_args(frames: Tensor, cu_seqlens: Tensor, per_frame: Tensor, per_frame_name: str, per_frame_dtype: torch.dtype) -> None:
-    """The argument checks of the ragged ops, with the kernels' messages (ValueError/TypeError)."""
+def check_ragged_args(frames: Tensor, cu_seqlens: Tensor, per_frame: Tensor, per_frame_name: str,
+                      per_frame_dtype: torch.dtype, *, check_values: bool = True) -> None:
+    """The argument checks of the ragged ops, with the kernels' messages (ValueError/TypeError);
+    the values of ``cu_seqlens`` only with ``check_values``."""
     if not isinstance(frames, Tensor) or frames.dim() < 1:
         raise ValueError("frames must have a leading frame dimension, got a 0-d tensor")
     if frames.dtype not in _FLOATING:
@@ -213,23 +216,36 @@ def check_ragged_args(frames: Tensor, cu_seqlens: Tensor, per_frame: Tensor, per
         raise ValueError(f"cu_seqlens must be a 1-D tensor [B+1] with at least one entry, got shape {tuple(cu_seqlens.shape)}")
     check_same_device(frames, cu_seqlens=cu_seqlens, **{per_frame_name: per_frame})
     n = frames.shape[0]
-    cu = cu_seqlens.tolist()
-    if cu[0] != 0:
-        raise ValueError(f"cu_seqlens must start at 0, got {cu[0]}")
-    for b in range(len(cu) - 1):
-        if cu[b + 1] < cu[b]:
-            raise ValueError(f"cu_seqlens must be non-decreasing, but cu_seqlens[{b + 1}] = {cu[b + 1]} < cu_seqlens[{b}] = {cu[b]}")
-    if cu[-1] != n:
-        raise ValueError(f"cu_seqlens must end at the number of frames ({n}), got {cu[-1]}")
     if per_frame.dtype != per_frame_dtype:
         raise TypeError(f"{per_frame_name} must be {str(per_frame_dtype).removeprefix('torch.')}, got {per_frame.dtype}")
     if per_frame.dim() != 1 or per_frame.shape[0] != n:
         raise ValueError(f"{per_frame_name} must be a 1-D tensor with one entry per frame ({n}), got shape {tuple(per_frame.shape)}")
+    if check_values:
+        check_cu_seqlens(cu_seqlens, n)
 
 
-def _video_of_frame(cu_seqlens: Tensor) -> Tensor:
+def check_cu_seqlens(cu_seqlens: Tensor, num_frames: int) -> None:
+    """ValueError unless ``cu_seqlens`` starts at 0, never decreases and ends at ``num_frames``.
+    Vectorised: one host sync when the values are fine, more only to word an error."""
+    diff = cu_seqlens.diff()
+    fine = (cu_seqlens[0] == 0) & (cu_seqlens[-1] == num_frames) & (diff >= 0).all()
+    if bool(fine):
+        return
+    cu0, cu_last = int(cu_seqlens[0]), int(cu_seqlens[-1])
+    if cu0 != 0:
+        raise ValueError(f"cu_seqlens must start at 0, got {cu0}")
+    if (diff < 0).any():
+        b = int((diff < 0).nonzero()[0])
+        raise ValueError(f"cu_seqlens must be non-decreasing, but cu_seqlens[{b + 1}] = {int(cu_seqlens[b + 1])} "
+                         f"< cu_seqlens[{b}] = {int(cu_seqlens[b])}")
+    raise ValueError(f"cu_seqlens must end at the number of frames ({num_frames}), got {cu_last}")
+
+
+def _video_of_frame(cu_seqlens: Tensor, num_frames: int) -> Tensor:
+    """The video of each frame, ``[num_frames]`` (no host sync)."""
     lengths = cu_seqlens.diff()
-    return torch.repeat_interleave(torch.arange(lengths.numel(), device=cu_seqlens.device), lengths)
+    return torch.repeat_interleave(torch.arange(lengths.numel(), device=cu_seqlens.device), lengths,
+                                   output_size=num_frames)
 
 
 def ragged_insert_ref(
@@ -243,23 +259,26 @@ def ragged_insert_ref(
     check_ragged_args(frames, cu_seqlens, counts, "counts", torch.int64)
     if total_new < 0:
         raise ValueError(f"total_new must be >= 0, got {total_new}")
-    if counts.numel() and int(counts.min()) < 0:
+    n = frames.shape[0]
+    # One host sync for the value checks; the exact (Python) sum only where int64 could wrap.
+    lo, hi, total = torch.stack([counts.min(), counts.max(), counts.sum()]).tolist() if n else (0, 0, 0)
+    if lo < 0:
         j = int((counts < 0).nonzero()[0])
         raise ValueError(f"counts must be >= 0, but counts[{j}] = {int(counts[j])}")
-    n = frames.shape[0]
-    total = sum(counts.tolist())  # exact: a wrapped int64 sum could match a bogus total_new
-    if n + total > _INT64_MAX:
-        raise ValueError(f"counts too large: frames.size(0) + counts.sum() overflows int64 ({n} + {total})")
+    if hi > (_INT64_MAX - n) // max(n, 1):
+        total = sum(counts.tolist())  # exact: a wrapped int64 sum could match a bogus total_new
+        if n + total > _INT64_MAX:
+            raise ValueError(f"counts too large: frames.size(0) + counts.sum() overflows int64 ({n} + {total})")
     if total != total_new:
         raise ValueError(f"total_new ({total_new}) must equal counts.sum() ({total})")
     before = torch.cumsum(counts, 0) - counts
     src_pos = torch.arange(n, device=frames.device) + before
     # the k-th new frame after frame j sits at src_pos[j] + k (k = 1..counts[j])
-    owner = torch.repeat_interleave(torch.arange(n, device=frames.device), counts)
-    rank = torch.arange(total_new, device=frames.device) - torch.repeat_interleave(before, counts)
+    owner = torch.repeat_interleave(torch.arange(n, device=frames.device), counts, output_size=total_new)
+    rank = torch.arange(total_new, device=frames.device) - before[owner]
     new_pos = src_pos[owner] + rank + 1
     per_video = torch.zeros(cu_seqlens.numel() - 1, dtype=torch.int64, device=frames.device)
-    per_video.index_add_(0, _video_of_frame(cu_seqlens), counts)
+    per_video.index_add_(0, _video_of_frame(cu_seqlens, n), counts)
     out_cu = cu_seqlens + torch.cat([per_video.new_zeros(1), torch.cumsum(per_video, 0)])
     out = frames.new_empty((n + total_new, *frames.shape[1:])).contiguous()
     out[src_pos] = frames
@@ -274,11 +293,12 @@ def ragged_strip_ref(frames: Tensor, cu_seqlens: Tensor, keep: Tensor, total_kep
     check_ragged_args(frames, cu_seqlens, keep, "keep", torch.bool)
     if total_kept < 0:
         raise ValueError(f"total_kept must be >= 0, got {total_kept}")
-    if int(keep.sum()) != total_kept:
-        raise ValueError(f"total_kept ({total_kept}) must equal keep.sum() ({int(keep.sum())})")
-    src_index = keep.nonzero().reshape(-1)
+    kept = int(keep.sum())
+    if kept != total_kept:
+        raise ValueError(f"total_kept ({total_kept}) must equal keep.sum() ({kept})")
+    src_index = torch.nonzero_static(keep, size=total_kept).reshape(-1)  # the size is known: no sync
     per_video = torch.zeros(cu_seqlens.numel() - 1, dtype=torch.int64, device=frames.device)
-    per_video.index_add_(0, _video_of_frame(cu_seqlens), keep.to(torch.int64))
+    per_video.index_add_(0, _video_of_frame(cu_seqlens, frames.shape[0]), keep.to(torch.int64))
     out_cu = torch.cat([per_video.new_zeros(1), torch.cumsum(per_video, 0)])
     return frames[src_index].contiguous(), out_cu, src_index
 
@@ -375,8 +395,10 @@ def local_frame_mask(
     return allowed.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)
 
 
-def check_local_attention_args(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, tokens_per_frame: int, window: int) -> None:
-    """The argument checks of ``local_frame_attention``, with the kernel's messages."""
+def check_local_attention_args(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, tokens_per_frame: int, window: int,
+                               *, check_values: bool = True) -> None:
+    """The argument checks of ``local_frame_attention``, with the kernel's messages (the values
+    of ``cu_seqlens``, which cost a host sync, only with ``check_values``)."""
     if q.dim() != 3:
         raise ValueError(f"q must be a 3-D tensor [T, H, d], got shape {tuple(q.shape)}")
     if q.dtype not in _FLOATING:
@@ -397,7 +419,8 @@ def check_local_attention_args(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tens
             f"the number of tokens q.size(0) = {q.shape[0]} must be a multiple of tokens_per_frame = {tokens_per_frame}"
         )
     frames = q.new_empty((q.shape[0] // tokens_per_frame, 0))
-    check_ragged_args(frames, cu_seqlens, torch.empty(frames.shape[0], dtype=torch.int64, device=q.device), "unused", torch.int64)
+    check_ragged_args(frames, cu_seqlens, torch.empty(frames.shape[0], dtype=torch.int64, device=q.device), "unused",
+                      torch.int64, check_values=check_values)
 
 
 def local_frame_attention_ref(
