@@ -7,8 +7,9 @@ Run (2 threads, one run):
 Baselines, on the same inputs in the same run:
 * ``sdpa_dense``: ``scaled_dot_product_attention`` with the dense block mask of the videos
   (equal-length videos are batched, sharing one mask);
-* ``gather``: frames as a batch: the keys/values of each frame's window gathered (clamped,
-  out-of-video frames masked) and attended through SDPA;
+* ``stock``: our stock PyTorch backend (``backend="stock"``, what runs on GPUs by default), as
+  the model calls it: frames as a batch, the keys/values of each frame's window gathered and
+  attended through SDPA, no log-sum-exp;
 * ``flex``: compiled FlexAttention with a block mask (forward only; skipped where it fails);
 * ``sdpa_nomask`` for ``window = -1`` on one video; ``matmul``: a plain matmul, for GFLOP/s.
 ``extra_info`` holds the useful GFLOP/s of each run. ``test_peak_memory`` measures the peak
@@ -52,23 +53,9 @@ def sdpa_dense(q, k, v, videos, frames, P, window):
     return F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask).transpose(1, 2).reshape(q.shape)
 
 
-def window_gather(q, k, v, cu, P, window):
-    """Frames as a batch: each frame's query tokens against the gathered tokens of its window."""
-    lengths = cu.diff()
-    start = torch.repeat_interleave(cu[:-1], lengths)  # first frame of each frame's video
-    end = torch.repeat_interleave(cu[1:], lengths)
-    frame = torch.arange(int(cu[-1]))
-    idx = frame[:, None] + torch.arange(-window, window + 1)[None]  # [F, 2W+1]
-    valid = (idx >= start[:, None]) & (idx < end[:, None])
-    idx = torch.where(valid, idx, frame[:, None])
-    n = idx.shape[0]
-
-    def windows(t):  # [T, H, d] -> [F, H, (2W+1) P, d]
-        return t.view(n, P, HEADS, HEAD_DIM)[idx].reshape(n, -1, HEADS, HEAD_DIM).transpose(1, 2)
-
-    mask = valid.repeat_interleave(P, dim=1)[:, None, None, :]
-    out = F.scaled_dot_product_attention(q.view(n, P, HEADS, HEAD_DIM).transpose(1, 2), windows(k), windows(v), attn_mask=mask)
-    return out.transpose(1, 2).reshape(q.shape)
+def stock(q, k, v, cu, P, window, max_frames):
+    """The stock backend as the model calls it."""
+    return local_frame_attention(q, k, v, cu, P, window, backend="stock", return_lse=False, max_frames=max_frames)[0]
 
 
 _flex_cache: dict = {}
@@ -118,7 +105,7 @@ def run(benchmark, fn, inputs, mode, flops):
     benchmark.extra_info["gflops"] = 3 * flops / benchmark.stats.stats.min / 1e9
 
 
-IMPLS = ["ours", "sdpa_dense", "gather", "flex"]
+IMPLS = ["ours", "stock", "sdpa_dense", "flex"]
 
 
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
@@ -133,8 +120,8 @@ def test_window(benchmark, case, dtype, impl, mode):
         fn = lambda q, k, v: local_frame_attention(q, k, v, cu, P, WINDOW)[0]  # noqa: E731
     elif impl == "sdpa_dense":
         fn = lambda q, k, v: sdpa_dense(q, k, v, videos, frames, P, WINDOW)  # noqa: E731
-    elif impl == "gather":
-        fn = lambda q, k, v: window_gather(q, k, v, cu, P, WINDOW)  # noqa: E731
+    elif impl == "stock":
+        fn = lambda q, k, v: stock(q, k, v, cu, P, WINDOW, frames)  # noqa: E731
     else:
         if mode != "fwd":
             pytest.skip("FlexAttention has no CPU backward in this torch")
@@ -149,7 +136,7 @@ def test_window(benchmark, case, dtype, impl, mode):
 
 
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
-@pytest.mark.parametrize("impl", ["ours", "sdpa_nomask"])
+@pytest.mark.parametrize("impl", ["ours", "stock", "sdpa_nomask"])
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_whole_video(benchmark, dtype, impl, mode):
     """window = -1 on one video of 32 x 64 tokens: ours against SDPA without a mask."""
@@ -157,6 +144,8 @@ def test_whole_video(benchmark, dtype, impl, mode):
     flops = local_frame_attention_flops(cu, 64, -1, HEADS, HEAD_DIM)
     if impl == "ours":
         fn = lambda q, k, v: local_frame_attention(q, k, v, cu, 64)[0]  # noqa: E731
+    elif impl == "stock":
+        fn = lambda q, k, v: stock(q, k, v, cu, 64, -1, 32)  # noqa: E731
     else:
         fn = lambda q, k, v: sdpa_dense(q, k, v, 1, 32, 64, None)  # noqa: E731
     run(benchmark, fn, (q, k, v), mode, flops)
