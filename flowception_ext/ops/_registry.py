@@ -29,8 +29,9 @@ def register(name: str, *, fake: Callable, flops: Callable[..., int], backward: 
 
 
 def draw_seed(generator: torch.Generator | None) -> int:
-    """A 63-bit seed from ``generator`` (or the global generator)."""
-    return int(torch.randint(0, 2**63 - 1, (), generator=generator, dtype=torch.int64))
+    """A 63-bit seed from ``generator`` (on any device), or from the global CPU generator."""
+    device = "cpu" if generator is None else generator.device
+    return int(torch.randint(0, 2**63 - 1, (), generator=generator, dtype=torch.int64, device=device))
 
 
 def as_op_seed(seed: int) -> int:
