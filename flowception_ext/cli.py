@@ -1,4 +1,8 @@
-"""The ``flowception`` command: ``train``, ``sample``, ``bench`` and ``info``."""
+"""The ``flowception`` command: ``train``, ``sample``, ``bench`` and ``info``.
+
+``train`` and ``sample`` run on ``--device`` (default: ``cuda`` when a GPU is visible, else the
+CPU). Seeds drive CPU generators, so a seed gives the same noise on every device.
+"""
 
 from __future__ import annotations
 
@@ -54,9 +58,24 @@ def _tasks(text: str) -> dict[str, float]:
     return out
 
 
-def _init_distributed() -> None:
+def _device(text: str) -> torch.device:
+    """argparse type of --device: a device that exists on this machine."""
+    from ._devices import device_problem
+
+    problem = device_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return torch.device(text)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _init_distributed(device: torch.device) -> None:
+    """Under torchrun: NCCL for a CUDA --device (each process on cuda:LOCAL_RANK), else gloo."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = "nccl" if device.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend)
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -69,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    _init_distributed()
+    _init_distributed(args.device)
     dataset = make_dataset(args.dataset, args.num_videos, args.data_seed)
     resume_from = latest_checkpoint(args.out) if args.resume else None
     if resume_from is not None:
@@ -95,7 +114,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                              noising=noising, out_dir=str(args.out), log_every=args.log_every,
                              checkpoint_every=args.checkpoint_every, warmup_steps=min(args.warmup, args.steps),
                              ema_decay=args.ema_decay, progress=not args.no_progress)
-    trainer = Trainer(model, dataset, config)
+    trainer = Trainer(model, dataset, config, device=args.device)
     if resume_from is not None:
         trainer.resume(resume_from)
         print(f"flowception: resumed from {resume_from} at step {trainer.step}", file=sys.stderr)
@@ -170,8 +189,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
             raise SystemExit(f"flowception: {source} holds no model (config.json) nor checkpoints")
         source = found
     weights = "ema.safetensors" if args.weights == "ema" and (source / "ema.safetensors").is_file() else "model.safetensors"
-    model = FlowceptionDiT.from_pretrained(source, weights=weights)
-    generator = torch.Generator().manual_seed(args.seed)
+    model = FlowceptionDiT.from_pretrained(source, weights=weights).to(args.device)
+    generator = torch.Generator().manual_seed(args.seed)  # on the CPU: the same noise on every device
     contexts = _contexts(args, model, args.num_videos)
     # Training makes the given first frame the first starting frame, so with context no extra
     # noise frame is added at the start unless asked for.
@@ -251,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=10, help="steps between metrics.jsonl records")
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--device", type=_device, default=default_device(),
+                   help="device to train on, e.g. cpu, cuda, cuda:1; under torchrun, cuda means "
+                        "cuda:LOCAL_RANK (NCCL), cpu means gloo. Checkpoints are device-independent")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -270,11 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at most one frame per slot and step (bernoulli) or several (poisson)")
     p.add_argument("--rate-guidance", type=float, default=1.0, help="guidance scale of the insertion rates (1: none)")
     p.add_argument("--max-frames", type=int, default=256, help="cap on the frames of a video")
-    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and noise")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (a CPU generator) and of the held-out context videos")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--format", default="gif", choices=("gif", "mp4"), help="video file format (mp4 needs imageio-ffmpeg)")
     p.add_argument("--fps", type=float, default=8, help="frames per second of the written videos")
     p.add_argument("--scale", type=int, default=8, help="nearest-neighbour upscaling of the written videos")
+    p.add_argument("--device", type=_device, default=default_device(),
+                   help="device to sample on (cpu, cuda, cuda:1); the seed drives a CPU generator, so "
+                        "the noise is the same on every device")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sample)
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from . import _devices
 from .io import _as_frames
 from .packing import PackedVideos
 from .schedules import KappaScheduler, kappa_from_name
@@ -234,19 +235,15 @@ class _Randomness:
     depends only on that video's own state, so a video is the same whatever batch it is sampled in.
     With a single generator, draws are made for the whole packed batch at once and the noise of new
     frames comes from the ``ragged_insert`` kernel (keyed by a seed drawn from the generator).
+    Numbers are drawn on each generator's device and moved to the sampling device (see
+    :mod:`flowception_ext._devices`).
     """
 
-    def __init__(self, generator: torch.Generator | Sequence[torch.Generator] | None, num_videos: int):
-        self.shared: torch.Generator | None = None
-        self.per_video: list[torch.Generator] | None = None
-        if generator is None or isinstance(generator, torch.Generator):
-            self.shared = generator
-            return
-        generators = list(generator)
-        if len(generators) != num_videos or not all(isinstance(g, torch.Generator) for g in generators):
-            raise TypeError(f"generator must be a torch.Generator or a list of {num_videos} (one per video), "
-                            f"got {_describe(generator)}")
-        self.per_video = generators
+    def __init__(self, generator: torch.Generator | Sequence[torch.Generator] | None, num_videos: int,
+                 device: torch.device):
+        checked = _devices.check_generators(generator, device, num_videos)
+        self.shared: torch.Generator | None = checked if not isinstance(checked, list) else None
+        self.per_video: list[torch.Generator] | None = checked if isinstance(checked, list) else None
 
     def for_video(self, b: int) -> torch.Generator | None:
         return self.shared if self.per_video is None else self.per_video[b]
@@ -292,11 +289,12 @@ class _FixedOrder:
             starts = [i + sum(gaps[:i]) for i in range(len(flags))]
             missing = [p for i in slots for p in range(starts[i] + 1, starts[i] + 1 + gaps[i])]
             g = rng.for_video(b)
+            cpu = torch.device("cpu")  # the schedule is host-side bookkeeping
             if order == "random":
-                missing = [missing[i] for i in torch.randperm(len(missing), generator=g).tolist()]
+                missing = [missing[i] for i in _devices.randperm(len(missing), g, cpu).tolist()]
             elif order == "hierarchical":
                 missing = _coarse_to_fine(missing)
-            u = torch.rand(len(missing), generator=g, dtype=torch.float64)
+            u = _devices.draw(torch.rand, (len(missing),), g, cpu, torch.float64)
             when = (kappa.inverse(u) * steps).floor().clamp(max=steps - 1).long().sort().values.tolist()
             schedule: dict[int, list[int]] = {}
             for k, p in zip(when, missing):
@@ -367,11 +365,19 @@ def sample(
 ) -> SampleOutput:
     """Generate videos with Flowception (SPEC §6).
 
+    Devices and randomness: sampling runs on the model's device (its first parameter or buffer; for
+    a model without tensors, the context's device, else the CPU). Contexts and labels are moved there,
+    and the outputs live there. Random numbers are drawn on the generator's device and moved to
+    the model's, so a CPU ``torch.Generator`` gives the same draws whatever device the model is on
+    (the diffusers convention); a generator on the model's device works too. Any other generator
+    device is a ``ValueError``. The same seed gives the same videos on every run.
+
     Args:
         model: ``model(videos, labels=None) -> (velocity [N, C, H, W], log_rate [N])``. Run in eval
             mode under ``torch.no_grad`` (its training mode is restored afterwards).
         context: one :class:`Context` (shared by all ``num_videos`` videos), one per video, or
-            ``None`` (unconditional).
+            ``None`` (unconditional). Frames are moved to the model's device; the first context's
+            dtype is the dtype of the sampled frames (without context, the model's).
         num_videos: batch size; defaults to the number of contexts (1 without context).
         n_start: noise frames present from the start (``t = 0``), placed right after the last
             *insertable* context frame (after the last frame for image-to-video and extension,
@@ -390,8 +396,9 @@ def sample(
         max_frames: per-video cap (``None``: no cap). Drawn insertions that would exceed it are
             discarded from the rightmost slots, and ``max_frames_hit`` reports it.
         labels: class labels ``[B]`` passed to the model (``None``: unconditional).
-        generator: one ``torch.Generator`` (on the sampling device) for the batch, or a list with one
-            per video. With one generator, draws are made for the packed batch at once and new
+        generator: one ``torch.Generator`` (on the CPU or the model's device) for the batch, or a
+            list with one per video; ``None`` uses the global generator of the model's device.
+            With one generator, draws are made for the packed batch at once and new
             frames' noise comes from the ``ragged_insert`` kernel (seeded from the generator). With
             one per video, every draw of video ``b`` (starting noise, insertion draws, fixed-order
             schedules and the noise of its new frames, which is drawn per video and written into
@@ -432,9 +439,10 @@ def sample(
     device, dtype = _device_and_dtype(model, contexts)
     if labels is not None and (not isinstance(labels, Tensor) or labels.dim() < 1 or labels.shape[0] != num_videos):
         raise ValueError(f"labels must be a tensor with one entry per video ({num_videos}), got {_describe(labels)}")
+    labels = None if labels is None else labels.to(device)
 
     _check_lengths(contexts, n_start, max_frames, order, target_length)
-    rng = _Randomness(generator, num_videos)
+    rng = _Randomness(generator, num_videos, device)
 
     videos = _initial_batch(contexts, n_start, shape, device, dtype, rng)
     ages = torch.where(videos.is_context, steps, 0)  # flow steps taken; u = ages / steps
@@ -515,7 +523,7 @@ def sample(
 def _initial_batch(contexts: list[Context | None], n_start: int, shape: tuple[int, int, int],
                    device: torch.device, dtype: torch.dtype, rng: _Randomness) -> PackedVideos:
     """The context frames (t = 1) with ``n_start`` noise frames (t = 0) after the last insertable one."""
-    noise = rng.draw(lambda n, g: torch.randn((n, *shape), generator=g, device=device, dtype=dtype),
+    noise = rng.draw(lambda n, g: _devices.draw(torch.randn, (n, *shape), g, device, dtype),
                      [n_start] * len(contexts)).split([n_start] * len(contexts))
     frames, is_context, insertable = [], [], []
     for c, start in zip(contexts, noise):
@@ -557,9 +565,9 @@ def _insertion_draw(insertion: str) -> Callable[..., Tensor]:
     """``draw(n, generator, mean) -> counts`` for the insertion mode (one draw per slot)."""
     if insertion == "bernoulli":
         # rand < p never fires for p = 0 (rand can return exactly 0)
-        return lambda n, g, mean: (torch.rand(n, generator=g, dtype=torch.float64, device=mean.device)
+        return lambda n, g, mean: (_devices.draw(torch.rand, (n,), g, mean.device, torch.float64)
                                    < mean.clamp(max=1.0)).long()
-    return lambda n, g, mean: torch.poisson(mean, generator=g).long()
+    return lambda n, g, mean: _devices.poisson(mean, g).long()
 
 
 def _cap(counts: Tensor, videos: PackedVideos, max_frames: int | None) -> tuple[Tensor, Tensor]:
@@ -579,13 +587,13 @@ def _cap(counts: Tensor, videos: PackedVideos, max_frames: int | None) -> tuple[
 def _insert(videos: PackedVideos, counts: Tensor, total_new: int, rng: _Randomness,
             dtype: torch.dtype) -> tuple[PackedVideos, Tensor, Tensor]:
     """Insert the new noise frames; with per-video generators their noise comes from each video's generator."""
-    if rng.per_video is None:
+    if rng.per_video is None:  # the kernel's noise is keyed by a seed drawn from the generator, on any device
         return videos.insert(counts, total_new, generator=rng.shared)
     per_video = torch.zeros(videos.num_videos, dtype=torch.int64, device=counts.device)
     per_video.index_add_(0, videos.video_index, counts)
     videos, src, new = videos.insert(counts, total_new, seed=0)  # kernel noise replaced below
     shape = videos.frame_shape
-    noise = rng.draw(lambda n, g: torch.randn((n, *shape), generator=g, device=new.device, dtype=dtype),
+    noise = rng.draw(lambda n, g: _devices.draw(torch.randn, (n, *shape), g, new.device, dtype),
                      per_video.tolist())
     videos.frames.index_copy_(0, new, noise)
     return videos, src, new
@@ -671,13 +679,19 @@ def _resolve_frame_shape(model: nn.Module, contexts: list[Context | None], frame
 
 
 def _device_and_dtype(model: nn.Module, contexts: list[Context | None]) -> tuple[torch.device, torch.dtype]:
-    """The context's device and dtype, else the model's (first parameter; float32 for non-float ones)."""
+    """The sampling device and the frames' dtype.
+
+    Device: the model's (first parameter, else first buffer); for a model without tensors, the
+    first context's, else the CPU. Dtype: the first context's, else the model's first parameter's
+    (float32 for a non-float one or none).
+    """
+    device = _devices.module_device(model)
+    if device is None:
+        device = contexts[0].frames.device if contexts[0] is not None else torch.device("cpu")
     if contexts[0] is not None:
-        return contexts[0].frames.device, contexts[0].frames.dtype
+        return device, contexts[0].frames.dtype
     param = next(model.parameters(), None)
-    if param is None:
-        return torch.device("cpu"), torch.float32
-    return param.device, param.dtype if param.is_floating_point() else torch.float32
+    return device, param.dtype if param is not None and param.is_floating_point() else torch.float32
 
 
 def _describe(x) -> str:

@@ -8,6 +8,11 @@ weights, the EMA, the optimizer moments and the data position to continue exactl
 ``N`` processes with ``A`` accumulation steps see the same micro-batches as one process with
 ``N·A`` accumulation steps: micro-batch ``m`` of a step is global batch ``step·N·A + m``.
 
+Devices. Batches are collated and their training states drawn on the CPU, from a CPU generator,
+then moved to the model's device: a seed gives the same noisy inputs and targets on every device
+(the model's arithmetic may still differ in the last bits between devices). Checkpoints hold CPU
+tensors and load through the CPU, so they move freely between devices.
+
 Checkpoints are directories ``<out>/checkpoints/step_XXXXXXXX`` (``config.json``,
 ``model.safetensors``, ``ema.safetensors``, ``optimizer.safetensors``, ``trainer_state.json``),
 each built under a temporary name and renamed into place, then published by rewriting
@@ -22,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -33,12 +39,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from . import _devices
 from .checkpoint import atomic_directory, load_json, load_tensors, save_json, save_tensors
 from .data import FrameBudgetBatchSampler, collate_videos
 from .losses import flowception_loss
 from .model import FlowceptionDiT
 from .model.config import FlowceptionConfig, dataclass_from_dict
-from .noising import NoisingConfig, make_training_state
+from .noising import NoisingConfig, TrainingState, make_training_state
 from .packing import PackedVideos
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "finished_checkpoint", "latest_checkpoint"]
@@ -112,8 +119,18 @@ class TrainConfig:
         return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _flowception_objective(model, videos, labels, generator, config: TrainConfig):
+def _to_device(state: TrainingState, labels: Tensor | None, device: torch.device | None
+               ) -> tuple[TrainingState, Tensor | None]:
+    """The training state (and labels) on ``device`` (``None``: where they are)."""
+    if device is None or state.inputs.frames.device == device:
+        return state, labels
+    moved = {f.name: getattr(state, f.name).to(device) for f in dataclasses.fields(state)}
+    return dataclasses.replace(state, **moved), None if labels is None else labels.to(device)
+
+
+def _flowception_objective(model, videos, labels, generator, config: TrainConfig, device=None):
     state = make_training_state(videos, generator=generator, config=config.noising)
+    state, labels = _to_device(state, labels, device)
     if labels is not None and model.config.num_classes:
         labels = torch.where(state.cond_dropped, model.null_label, labels)
     velocity, log_rate = model(state.inputs, labels)
@@ -122,8 +139,9 @@ def _flowception_objective(model, videos, labels, generator, config: TrainConfig
 
 
 def _baseline_objective(make_state):
-    def objective(model, videos, labels, generator, config: TrainConfig):
+    def objective(model, videos, labels, generator, config: TrainConfig, device=None):
         state = make_state(videos, generator=generator, config=config.noising)
+        state, labels = _to_device(state, labels, device)
         if labels is not None and model.config.num_classes:
             labels = torch.where(state.cond_dropped, model.null_label, labels)
         velocity, _ = model(state.inputs, labels)
@@ -147,6 +165,42 @@ OBJECTIVES = ("flowception", "full_sequence", "autoregressive")
 def _micro_seed(seed: int, step: int, micro: int) -> int:
     digest = hashlib.sha256(f"{seed}/{step}/{micro}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def train_device(requested: str | torch.device | None, model_device: torch.device, backend: str | None = None,
+                 local_rank: int | None = None) -> torch.device:
+    """The device to train on (no availability check).
+
+    ``requested`` wins; a bare ``"cuda"`` means ``cuda:local_rank`` under torchrun. Without a
+    request, an NCCL process group means the GPU torchrun assigned (``cuda:local_rank``), and
+    anything else the model's current device (so the Python API moves nothing by default).
+    """
+    if requested is None:
+        if backend is not None and "nccl" in backend:
+            return torch.device("cuda", local_rank or 0)
+        return model_device
+    device = torch.device(requested)
+    if device.type == "cuda" and device.index is None and local_rank is not None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def collective_device(backend: str, device: torch.device) -> torch.device:
+    """Where the tensors of a collective must live for a process group ``backend``: gloo reduces
+    CPU tensors, NCCL CUDA ones; a multi-device group (``"cpu:gloo,cuda:nccl"``) serves the training
+    device's type if it has a backend for it; any other backend gets the training device."""
+    backend = str(backend).lower()
+    if ":" in backend:  # one backend per device type
+        types = dict(part.split(":", 1) for part in backend.split(","))
+        if device.type not in types:
+            return torch.device("cpu") if "cpu" in types else device
+        backend = types[device.type]
+    if backend == "gloo":
+        return torch.device("cpu")
+    if backend == "nccl" and device.type != "cuda":
+        raise ValueError(f"an NCCL process group needs a CUDA device, but device is {device}; "
+                         "train on CUDA or initialise the process group with the gloo backend")
+    return device
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
@@ -187,10 +241,17 @@ class Trainer:
     class-conditional models), and it exposes ``lengths`` (frames of each item).
     Launch under ``torchrun --nproc-per-node N`` for DistributedDataParallel (gloo on the CPU,
     nccl on GPUs); logging and checkpoints then come from rank 0 only.
+
+    Devices: the model is moved to ``device`` when given (a bare ``"cuda"`` under torchrun means
+    ``cuda:LOCAL_RANK``); otherwise, under an NCCL process group, to ``cuda:LOCAL_RANK``, and
+    otherwise it stays where it is. Training states are drawn on the CPU from a CPU generator
+    and moved to that device, so a seed means the same inputs on every device; collectives use
+    CPU tensors for gloo and the CUDA device for NCCL; checkpoints hold CPU tensors.
     """
 
     def __init__(self, model: FlowceptionDiT, dataset, config: TrainConfig,
-                 preview: Callable[["Trainer", int], None] | None = None) -> None:
+                 preview: Callable[["Trainer", int], None] | None = None, *,
+                 device: str | torch.device | None = None) -> None:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         self.config = config
@@ -200,8 +261,21 @@ class Trainer:
         self.distributed = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if self.distributed else 0
         self.world_size = dist.get_world_size() if self.distributed else 1
-        self.model = model
-        self.ddp = nn.parallel.DistributedDataParallel(model) if self.distributed else None
+        backend = dist.get_backend() if self.distributed else None
+        local_rank = int(os.environ["LOCAL_RANK"]) if self.distributed and "LOCAL_RANK" in os.environ else None
+        if device is not None:
+            device = _devices.check_device(device)
+        model_device = _devices.module_device(model) or torch.device("cpu")
+        self.device = _devices.check_device(train_device(device, model_device, backend, local_rank))
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        # Collectives (the metrics all-reduce here, DDP's buckets, barriers) run on this device.
+        self.collective_device = collective_device(backend, self.device) if self.distributed else None
+        if self.device.type == "cuda" and self.collective_device == self.device:
+            torch.cuda.set_device(self.device)  # NCCL's barrier and DDP use the current device
+        self.model = model.to(self.device)
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        self.ddp = nn.parallel.DistributedDataParallel(model, device_ids=device_ids) if self.distributed else None
         self.net = model if self.ddp is None else _DDPModel(self.ddp, model)
         self.ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
         decay, no_decay = [], []
@@ -235,8 +309,7 @@ class Trainer:
         if items and isinstance(items[0], tuple):
             labels = torch.tensor([int(item[1]) for item in items], dtype=torch.int64)
             items = [item[0] for item in items]
-        device = next(self.model.parameters()).device
-        return collate_videos(items).to(device), None if labels is None else labels.to(device)
+        return collate_videos(items), labels  # on the CPU: the objective moves the training state
 
     # ---- one step -----------------------------------------------------------------------
 
@@ -252,16 +325,18 @@ class Trainer:
             videos, labels = self._next_batch(a)
             frames += videos.num_frames
             micro = a * self.world_size + self.rank
-            generator = torch.Generator(device=videos.frames.device).manual_seed(_micro_seed(cfg.seed, self.step, micro))
+            # A CPU generator for the state draws: the same states on every device.
+            generator = torch.Generator().manual_seed(_micro_seed(cfg.seed, self.step, micro))
             sync = self.ddp is None or a == cfg.grad_accum - 1
             ctx = self.ddp.no_sync() if (self.ddp is not None and not sync) else contextlib.nullcontext()
-            with ctx, torch.autocast(videos.frames.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                loss = self.objective(self.net, videos, labels, generator, cfg)
+            with ctx, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss = self.objective(self.net, videos, labels, generator, cfg, device=self.device)
                 (loss.total / cfg.grad_accum).backward()
             for key, value in (("loss", loss.total), ("velocity", loss.velocity), ("insertion", loss.insertion)):
                 totals[key] += float(value.detach()) / cfg.grad_accum
         if self.distributed:
-            t = torch.tensor([totals["loss"], totals["velocity"], totals["insertion"], frames], dtype=torch.float64)
+            t = torch.tensor([totals["loss"], totals["velocity"], totals["insertion"], frames], dtype=torch.float64,
+                             device=self.collective_device)
             dist.all_reduce(t)
             totals = {"loss": float(t[0]) / self.world_size, "velocity": float(t[1]) / self.world_size,
                       "insertion": float(t[2]) / self.world_size}
@@ -331,10 +406,10 @@ class Trainer:
             path = ckpt_dir / f"step_{self.step:08d}"
             with atomic_directory(path) as tmp:
                 save_json(tmp / "config.json", self.model.config.to_dict())
-                save_tensors(tmp / "model.safetensors", self.model.state_dict())
-                save_tensors(tmp / "ema.safetensors", self.ema)
+                save_tensors(tmp / "model.safetensors", _on_cpu(self.model.state_dict()))
+                save_tensors(tmp / "ema.safetensors", _on_cpu(self.ema))
                 tensors, groups = _optimizer_to_tensors(self.optimizer)
-                save_tensors(tmp / "optimizer.safetensors", tensors)
+                save_tensors(tmp / "optimizer.safetensors", _on_cpu(tensors))
                 save_json(tmp / "trainer_state.json", {
                     "step": self.step,
                     "train_config": self.config.to_dict(),
@@ -361,16 +436,18 @@ class Trainer:
             raise ValueError(f"{directory} was written with world_size × grad_accum = "
                              f"{state['world_size'] * len(state['samplers'])}; this run has "
                              f"{self.world_size * self.config.grad_accum}, so it cannot continue exactly")
-        model_state = load_tensors(directory / "model.safetensors")
+        # Everything loads to the CPU first, then moves (load_state_dict copies into the model's
+        # tensors; the optimizer moves its state to its parameters' device).
+        model_state = load_tensors(directory / "model.safetensors", device="cpu")
         try:
             self.model.load_state_dict(model_state)
         except RuntimeError as exc:
             raise ValueError(f"{directory / 'model.safetensors'} does not match the model: {exc}") from None
-        ema = load_tensors(directory / "ema.safetensors")
+        ema = load_tensors(directory / "ema.safetensors", device="cpu")
         if set(ema) != set(self.ema):
             raise ValueError(f"{directory / 'ema.safetensors'} does not match the model")
-        self.ema = {k: v.float() for k, v in ema.items()}
-        _optimizer_from_tensors(self.optimizer, load_tensors(directory / "optimizer.safetensors"),
+        self.ema = {k: v.float().to(self.ema[k].device) for k, v in ema.items()}
+        _optimizer_from_tensors(self.optimizer, load_tensors(directory / "optimizer.safetensors", device="cpu"),
                                 state["optimizer_param_groups"], directory / "optimizer.safetensors")
         # Every rank has consumed as many batches as rank 0, whose positions were saved.
         for sampler, s in zip(self.samplers, state["samplers"]):
@@ -393,6 +470,11 @@ class _DDPModel(nn.Module):
 
     def __getattr__(self, name):
         return getattr(object.__getattribute__(self, "_model"), name)
+
+
+def _on_cpu(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Checkpoints hold CPU tensors, whatever device trained (a no-op on the CPU)."""
+    return {k: v.detach().cpu() for k, v in tensors.items()}
 
 
 def _optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], list[dict]]:

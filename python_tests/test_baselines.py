@@ -61,3 +61,73 @@ def test_bad_input():
         sample_autoregressive(model, [torch.randn(1, 2, 4, 6), torch.randn(2, 2, 4, 6)], num_frames=3)
     with pytest.raises(ValueError, match="num_videos"):
         sample_full_sequence(model, num_frames=3)
+
+
+class FakeCudaGenerator(torch.Generator):
+    """A CPU generator that claims to live on cuda:0 (to test the device checks without a GPU)."""
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda", 0)
+
+
+@pytest.mark.parametrize("sampler", ["full_sequence", "autoregressive"])
+def test_cpu_generators_give_the_same_videos_twice_and_other_devices_are_refused(sampler):
+    model = make_model(rate_head=False)
+
+    def run(generator):
+        if sampler == "full_sequence":
+            return sample_full_sequence(model, num_videos=2, num_frames=3, steps=2, generator=generator, progress=False)
+        return sample_autoregressive(model, num_videos=2, num_frames=3, steps_per_frame=2, generator=generator,
+                                     progress=False)
+    for make in (lambda: torch.Generator().manual_seed(0), lambda: [torch.Generator().manual_seed(s) for s in (0, 1)]):
+        a, b = run(make()), run(make())
+        assert all(torch.equal(x, y) for x, y in zip(a.videos, b.videos))
+    with pytest.raises(ValueError, match="generator is on cuda:0 but the model is on cpu"):
+        run(FakeCudaGenerator())
+    with pytest.raises(ValueError, match=r"generator\[0\] is on cuda:0"):
+        run([FakeCudaGenerator(), torch.Generator()])
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        run(7)
+
+
+def test_baseline_training_states_refuse_rather_than_drop_a_generator():
+    from flowception_ext import PackedVideos
+    from flowception_ext.baselines.training import make_autoregressive_state, make_full_sequence_state
+
+    videos = PackedVideos.from_list([torch.randn(3, 2, 4, 6), torch.randn(2, 2, 4, 6)])
+    for make in (make_full_sequence_state, make_autoregressive_state):
+        a = make(videos, generator=torch.Generator().manual_seed(1))
+        b = make(videos, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(a.inputs.frames, b.inputs.frames) and torch.equal(a.task, b.task)
+        with pytest.raises(ValueError, match="generator is on cuda:0 but the frames are on cpu"):
+            make(videos, generator=FakeCudaGenerator())
+
+
+@pytest.mark.cuda
+def test_cuda_baselines_with_a_cpu_generator_match_the_cpu():
+    from flowception_ext import PackedVideos
+    from flowception_ext.baselines.training import make_full_sequence_state
+    from flowception_ext.noising import NoisingConfig
+
+    model = make_model(rate_head=False)
+    ctx = [torch.randn(1, 2, 4, 6, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    kw = dict(num_frames=4, steps=3, progress=False)
+    cpu = sample_full_sequence(model, ctx, generator=torch.Generator().manual_seed(0), **kw)
+    gpu = sample_full_sequence(model.cuda(), ctx, generator=torch.Generator().manual_seed(0), **kw)
+    for a, b in zip(cpu.videos, gpu.videos):
+        assert b.device.type == "cuda"
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-4, atol=1e-4)
+    out = sample_autoregressive(model, ctx, num_frames=3, steps_per_frame=2, progress=False,
+                                generator=torch.Generator(device="cuda").manual_seed(0))
+    assert out.videos[0].device.type == "cuda"
+    # Training states: a CPU generator gives the CPU state on the GPU; a CUDA one is used, not dropped.
+    config = NoisingConfig(tasks={"unconditional": 0.5, "image_to_video": 0.5})
+    videos = PackedVideos.from_list([torch.randn(3, 2, 4, 6) for _ in range(8)])
+    on_cpu = make_full_sequence_state(videos, generator=torch.Generator().manual_seed(2), config=config)
+    on_gpu = make_full_sequence_state(videos.to("cuda"), generator=torch.Generator().manual_seed(2), config=config)
+    assert torch.equal(on_gpu.task.cpu(), on_cpu.task)
+    torch.testing.assert_close(on_gpu.inputs.frames.cpu(), on_cpu.inputs.frames)
+    tasks = [make_full_sequence_state(videos.to("cuda"), generator=torch.Generator(device="cuda").manual_seed(2),
+                                      config=config).task for _ in range(2)]
+    assert torch.equal(tasks[0], tasks[1])

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from flowception_ext.cli import build_parser, main
 from flowception_ext.io import load_video
@@ -61,3 +62,42 @@ def test_info_and_bad_input(capsys, tmp_path):
         main(["sample", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="unknown --dataset"):
         main(["train", "--dataset", "imagenet", "--out", str(tmp_path)])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the default --device is cuda where a GPU is visible")
+def test_train_device_cpu_gives_the_default_checkpoint(tiny_run, tmp_path):
+    # tiny_run trained with the default --device (the CPU here): same flags plus --device cpu.
+    assert main(["train", "--dataset", "toy-coloring:rotation", "--num-videos", "16", "--steps", "2",
+                 "--frames-per-batch", "64", "--out", str(tmp_path), "--no-progress", "--device", "cpu"]) == 0
+    for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
+        ours = (tmp_path / "checkpoints" / "step_00000002" / name).read_bytes()
+        assert ours == (tiny_run / "checkpoints" / "step_00000002" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("command", ["train", "sample"])
+@pytest.mark.parametrize("device,message", [("banana", "is not a torch device"), ("cuda:99", "cuda:99")])
+def test_bad_device_is_a_one_line_usage_error(command, device, message, tmp_path, capsys):
+    if device.startswith("cuda") and torch.cuda.device_count() > 99:
+        pytest.skip("this machine has a cuda:99")
+    required = ["--dataset", "toy-coloring"] if command == "train" else ["--checkpoint", str(tmp_path)]
+    with pytest.raises(SystemExit) as exc:
+        main([command, *required, "--out", str(tmp_path / "o"), "--device", device])
+    assert exc.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"flowception {command}: error: argument --device:") and message in error
+
+
+def test_device_defaults_to_cuda_when_available():
+    for command in ("train", "sample"):
+        sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+        default = next(a for a in sub._actions if a.dest == "device").default
+        assert default == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.cuda
+def test_sample_on_cuda_and_cpu_from_the_same_run(tiny_run, tmp_path):
+    for device in ("cuda", "cpu"):
+        assert main(["sample", "--checkpoint", str(tiny_run), "--num-videos", "2", "--steps", "4", "--max-frames", "20",
+                     "--out", str(tmp_path / device), "--no-progress", "--device", device]) == 0
+    summaries = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("cuda", "cpu")]
+    assert len(summaries[0]["videos"]) == len(summaries[1]["videos"]) == 2

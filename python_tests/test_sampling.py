@@ -390,7 +390,8 @@ BAD = [
     (dict(max_frames=0), ValueError, "max_frames must be >= 1"),
     (dict(n_start=3, max_frames=2), ValueError, r"max_frames \(2\) is below the initial length"),
     (dict(n_start=0), ValueError, "n_start must be >= 1 without context"),
-    (dict(num_videos=2, generator=[gen(0)]), TypeError, "one per video"),
+    (dict(num_videos=2, generator=[gen(0)]), ValueError, "one per video"),
+    (dict(generator=3), TypeError, "generator must be a torch.Generator"),
     (dict(num_videos=2, labels=torch.tensor([1])), ValueError, "labels must be a tensor with one entry per video"),
     (dict(frame_shape=None), ValueError, r"frame_shape=\(C, H, W\) is needed"),
     (dict(frame_shape=(1, 0, 2)), ValueError, "frame_shape must be"),
@@ -442,3 +443,138 @@ def test_bad_model_outputs():
 
     with pytest.raises(TypeError, match=r"must return \(velocity, log_rate\)"):
         run(FramesOnly(), steps=2)
+
+
+# ---- 9. devices and generators ---------------------------------------------------------------
+
+
+class FakeCudaGenerator(torch.Generator):
+    """A CPU generator that claims to live on cuda:0 (to test the device checks without a GPU)."""
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda", 0)
+
+
+class _Stop(Exception):
+    pass
+
+
+class DeviceProbe(nn.Module):
+    """A model on ``device`` that records where its first input lives, then stops the sampler."""
+
+    def __init__(self, device: str):
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1, device=device))
+
+    def forward(self, videos: PackedVideos, labels=None):
+        self.seen = {"frames": videos.frames.device, "cu_seqlens": videos.cu_seqlens.device,
+                     "times": videos.times.device, "labels": labels.device, "dtype": videos.frames.dtype}
+        raise _Stop
+
+
+@pytest.mark.parametrize("insertion", ["bernoulli", "poisson"])
+@pytest.mark.parametrize("per_video", [False, True])
+def test_a_cpu_generator_gives_bit_identical_videos_twice(insertion, per_video):
+    def once():
+        generator = [gen(s) for s in (0, 1, 2)] if per_video else torch.Generator().manual_seed(0)
+        return run(value_rate(), Context.interpolate(keyframes(3)), num_videos=3, steps=15, insertion=insertion,
+                   generator=generator)
+    a, b = once(), once()
+    assert a.lengths == b.lengths and max(a.lengths) > 3  # frames were inserted
+    for field in ("videos", "insert_step", "insert_time"):
+        assert all(torch.equal(x, y) for x, y in zip(getattr(a, field), getattr(b, field)))
+
+
+def test_random_numbers_are_drawn_on_the_generator_device_then_moved():
+    from flowception_ext import _devices
+
+    meta = torch.device("meta")
+    g, ref = gen(3), gen(3)
+    x = _devices.draw(torch.randn, (2, 3), g, meta, torch.float16)
+    assert x.device == meta and x.shape == (2, 3) and x.dtype == torch.float16
+    torch.randn((2, 3), generator=ref, dtype=torch.float16)  # the same draw, on the CPU
+    assert torch.equal(g.get_state(), ref.get_state())
+    assert torch.equal(_devices.draw(torch.rand, (4,), gen(1), torch.device("cpu")), torch.rand(4, generator=gen(1)))
+    assert _devices.randperm(5, gen(2), meta).device == meta
+    rates = torch.full((6,), 2.0)
+    assert torch.equal(_devices.poisson(rates, gen(2)), torch.poisson(rates, generator=gen(2)))
+    assert _devices.draw(torch.randn, (2,), None, meta).device == meta  # no generator: the device's own
+
+
+def test_sampling_runs_on_the_model_device_with_a_cpu_generator():
+    # A "meta" model: context, labels and noise must all arrive on the model's device; the
+    # starting noise comes from the CPU generator (its state advances by exactly one draw).
+    model = DeviceProbe("meta")
+    g, ref = gen(0), gen(0)
+    with pytest.raises(_Stop):
+        run(model, Context.image_to_video(keyframes(1)[0]), n_start=2, labels=torch.tensor([4]), generator=g)
+    meta = torch.device("meta")
+    assert model.seen == {"frames": meta, "cu_seqlens": meta, "times": meta, "labels": meta, "dtype": torch.float32}
+    torch.randn((2, *SHAPE), generator=ref)
+    assert torch.equal(g.get_state(), ref.get_state())
+
+
+def test_sampling_device_and_dtype_resolution():
+    from flowception_ext.sampling import _device_and_dtype
+
+    meta, cpu = torch.device("meta"), torch.device("cpu")
+    context = Context.extend(keyframes(2).double())
+    assert _device_and_dtype(DeviceProbe("meta"), [None]) == (meta, torch.float32)
+    assert _device_and_dtype(DeviceProbe("meta"), [context]) == (meta, torch.float64)  # the context's dtype
+    assert _device_and_dtype(Stub(), [context]) == (cpu, torch.float64)  # no parameters: the context's device
+    assert _device_and_dtype(Stub(), [None]) == (cpu, torch.float32)
+
+
+def test_a_generator_on_another_device_is_refused():
+    model = DeviceProbe("cpu")  # a CPU model: a CUDA generator cannot serve it
+    with pytest.raises(ValueError, match=r"generator is on cuda:0 but the model is on cpu"):
+        run(model, generator=FakeCudaGenerator())
+    with pytest.raises(ValueError, match=r"generator\[1\] is on cuda:0"):
+        run(model, num_videos=2, generator=[gen(0), FakeCudaGenerator()])
+
+
+def test_same_device():
+    from flowception_ext._devices import same_device
+
+    assert same_device(torch.device("cpu"), torch.device("cpu"))
+    assert same_device(torch.device("cuda", 0), torch.device("cuda", 0))
+    assert not same_device(torch.device("cuda", 0), torch.device("cuda", 1))
+    assert not same_device(torch.device("cuda", 0), torch.device("cpu"))
+
+
+def cuda_stub() -> Stub:
+    """Exact arithmetic (negation, constant rates), so CPU and CUDA runs agree to rounding."""
+    model = Stub(velocity=lambda v, labels: -v.frames,
+                 log_rate=lambda v, labels: torch.zeros(v.num_frames, device=v.frames.device))
+    model.anchor = nn.Parameter(torch.zeros(1))
+    return model
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("per_video", [False, True])
+def test_cuda_model_with_a_cpu_generator(per_video):
+    def once(device: str):
+        generator = [gen(s) for s in (0, 1)] if per_video else gen(0)
+        return run(cuda_stub().to(device), Context.interpolate(keyframes(3)), num_videos=2, steps=10,
+                   generator=generator)
+    a, b, cpu = once("cuda"), once("cuda"), once("cpu")
+    assert a.videos[0].device.type == "cuda"
+    assert a.lengths == b.lengths == cpu.lengths
+    for x, y, z in zip(a.videos, b.videos, cpu.videos):
+        assert torch.equal(x, y)  # same seed, same videos on every run
+        torch.testing.assert_close(x.cpu(), z, rtol=1e-5, atol=1e-5)  # and the same noise as on the CPU
+
+
+@pytest.mark.cuda
+def test_cuda_model_with_a_cuda_generator_and_a_real_model():
+    from test_model import make_model
+
+    model = make_model().cuda()
+    outs = [sample(model, num_videos=2, steps=6, max_frames=12, progress=False,
+                   generator=torch.Generator(device="cuda").manual_seed(0)) for _ in range(2)]
+    cpu_gen = [sample(model, num_videos=2, steps=6, max_frames=12, progress=False, generator=gen(0)) for _ in range(2)]
+    for a, b in (outs, cpu_gen):  # the same draws on every run (CUDA kernels may reduce in any order)
+        assert a.lengths == b.lengths and a.videos[0].device.type == "cuda"
+        for x, y in zip(a.videos, b.videos):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)

@@ -21,7 +21,8 @@ from flowception_ext.checkpoint import load_json, load_tensors
 from flowception_ext.data import TensorFolder, ToyColoring
 from flowception_ext.losses import flowception_loss
 from flowception_ext.noising import make_training_state
-from flowception_ext.training import Trainer, TrainConfig, TrainingDiverged, _objectives, latest_checkpoint
+from flowception_ext.training import (Trainer, TrainConfig, TrainingDiverged, _objectives, _to_device,
+                                      collective_device, latest_checkpoint, train_device)
 
 CLI = [sys.executable, "-m", "flowception_ext.cli"]
 TRAIN = ["train", "--dataset", "toy-coloring", "--num-videos", "48", "--preset", "tiny", "--patch-size", "3",
@@ -33,8 +34,14 @@ TRAIN = ["train", "--dataset", "toy-coloring", "--num-videos", "48", "--preset",
 NEUTRAL_CWD = Path(__file__).resolve().parent.parent.parent
 
 
+def cpu_env() -> dict[str, str]:
+    """One thread and no visible GPU, so the CLI's default device is the CPU even on a GPU machine:
+    these runs check bit-exact resumes and gloo DDP."""
+    return dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+
+
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = cpu_env()
     proc = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=NEUTRAL_CWD)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -82,7 +89,7 @@ def eval_json(line: str) -> dict:
 
 def test_sigkill_leaves_a_loadable_checkpoint_and_resume_matches(straight_run, tmp_path):
     rng = random.Random(0)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = cpu_env()
     trials = 5
     for trial in range(trials):
         out = tmp_path / f"trial{trial}"
@@ -108,7 +115,7 @@ def test_ddp_two_processes_equal_one_process_with_accumulation(tmp_path):
     pytest.importorskip("torch.distributed")
     common = [*TRAIN, "--steps", "6", "--checkpoint-every", "6"]
     run_cli(*common, "--grad-accum", "2", "--out", str(tmp_path / "one"))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = cpu_env()
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                            str(29500 + os.getpid() % 1000), "-m", "flowception_ext.cli", *common,
                            "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=300, env=env,
@@ -124,14 +131,14 @@ def test_ddp_two_processes_equal_one_process_with_accumulation(tmp_path):
         assert (a[k].double() - b[k].double()).abs().max() <= 1e-5, k
 
 
-def tiny_trainer(tmp_path, dataset=None, **overrides) -> Trainer:
+def tiny_trainer(tmp_path, dataset=None, device=None, **overrides) -> Trainer:
     dataset = dataset or ToyColoring(num_videos=16, seed=0)
     c, h, w = dataset.frame_shape
     model = FlowceptionDiT(FlowceptionConfig(in_channels=c, frame_size=(h, w), patch_size=3, depth=1, hidden_size=24,
                                              num_heads=2))
     config = TrainConfig(**{"steps": 6, "frames_per_batch": 64, "checkpoint_every": 2, "out_dir": str(tmp_path),
                             "progress": False, "warmup_steps": 1, **overrides})
-    return Trainer(model, dataset, config)
+    return Trainer(model, dataset, config, device=device)
 
 
 def test_nan_loss_stops_with_the_last_checkpoint_intact(tmp_path):
@@ -236,3 +243,93 @@ def test_objectives_weight_the_clean_frame_loss(objective):
             weighted = flowception_loss(velocity, log_rate, state, velocity_weight=model.velocity_loss_weight(state.inputs.times))
             assert loss.velocity.item() == pytest.approx(weighted.velocity.item(), rel=1e-6)
             assert loss.velocity.item() < unweighted.velocity.item()
+
+
+# ---- devices -------------------------------------------------------------------------------------
+
+
+def test_collective_device_follows_the_process_group_backend():
+    cpu, cuda1 = torch.device("cpu"), torch.device("cuda", 1)
+    assert collective_device("gloo", cpu) == cpu
+    assert collective_device("gloo", cuda1) == cpu  # gloo reduces CPU tensors
+    assert collective_device("nccl", cuda1) == cuda1
+    with pytest.raises(ValueError, match="NCCL process group needs a CUDA device"):
+        collective_device("nccl", cpu)
+    assert collective_device("cpu:gloo,cuda:nccl", cuda1) == cuda1
+    assert collective_device("cpu:gloo,cuda:nccl", cpu) == cpu
+
+
+def test_train_device_resolution():
+    cpu, cuda0 = torch.device("cpu"), torch.device("cuda", 0)
+    assert train_device(None, cpu) == cpu  # the Python API leaves the model where it is
+    assert train_device(None, cuda0) == cuda0
+    assert train_device(None, cpu, "gloo", 1) == cpu
+    assert train_device(None, cpu, "nccl", 3) == torch.device("cuda", 3)  # the GPU torchrun assigned
+    assert train_device("cuda", cpu, "nccl", 2) == torch.device("cuda", 2)
+    assert train_device("cuda:1", cpu, "nccl", 2) == torch.device("cuda", 1)  # asked for explicitly
+    assert train_device("cpu", cuda0) == cpu
+    assert train_device("cuda", cpu).index is None  # one process: the current GPU
+
+
+def test_trainer_device_argument_and_cpu_results(tmp_path):
+    runs = []
+    for name, device in (("default", None), ("cpu", "cpu"), ("cpu_device", torch.device("cpu"))):
+        torch.manual_seed(0)
+        trainer = tiny_trainer(tmp_path / name, device=device, steps=3, checkpoint_every=3)
+        assert trainer.device == torch.device("cpu") and trainer.collective_device is None
+        trainer.fit()
+        runs.append(checkpoint_tensors(latest_checkpoint(tmp_path / name)))
+    assert_identical(runs[0], runs[1])
+    assert_identical(runs[0], runs[2])
+    with pytest.raises(ValueError, match="device: 'banana' is not a torch device"):
+        tiny_trainer(tmp_path / "bad", device="banana")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device: 'cuda:0' is not available"):
+            tiny_trainer(tmp_path / "bad", device="cuda:0")
+
+
+def test_training_states_are_drawn_on_the_cpu_and_moved():
+    videos = PackedVideos.from_list([ToyColoring(4, seed=1)[i] for i in range(4)])
+    state = make_training_state(videos, generator=torch.Generator().manual_seed(0))
+    moved, labels = _to_device(state, torch.tensor([1, 2, 3, 4]), torch.device("meta"))
+    assert moved.inputs.frames.device.type == "meta" and labels.device.type == "meta"
+    assert all(getattr(moved, f).device.type == "meta" for f in ("velocity_target", "flowing", "tau_g", "task"))
+    assert _to_device(state, None, torch.device("cpu"))[0] is state  # already there: untouched
+
+
+@pytest.mark.cuda
+def test_trainer_on_cuda_matches_the_cpu_state_draws_and_checkpoints_move(tmp_path):
+    torch.manual_seed(0)
+    gpu = tiny_trainer(tmp_path / "gpu", device="cuda", steps=4, checkpoint_every=2)
+    torch.manual_seed(0)
+    cpu = tiny_trainer(tmp_path / "cpu", steps=4, checkpoint_every=2)
+    assert gpu.device.type == "cuda" and next(gpu.model.parameters()).device == gpu.device
+    assert all(v.device == gpu.device for v in gpu.ema.values())
+    g, c = gpu.train_step(), cpu.train_step()
+    # Same weights, batch and noisy state (drawn on the CPU): only the arithmetic differs.
+    assert g["frames"] == c["frames"] and g["loss"] == pytest.approx(c["loss"], rel=1e-2)
+    gpu.fit()
+    ckpt = latest_checkpoint(tmp_path / "gpu")
+    assert ckpt.name == "step_00000004"
+    # Device-independent checkpoints: a CPU trainer resumes a CUDA run, and a CUDA trainer a CPU one.
+    resumed = tiny_trainer(tmp_path / "gpu", steps=6)
+    assert resumed.resume(ckpt) == 4 and next(resumed.model.parameters()).device.type == "cpu"
+    resumed.fit()
+    cpu.fit()
+    back = tiny_trainer(tmp_path / "cpu", device="cuda", steps=6)
+    assert back.resume() == 4
+    assert all(s["exp_avg"].device.type == "cuda" for s in back.optimizer.state.values())
+    back.fit()
+    assert latest_checkpoint(tmp_path / "cpu").name == "step_00000006"
+
+
+@pytest.mark.parametrize("backend", ["kernels", "stock"])
+def test_bf16_autocast_trains(tmp_path, backend):
+    """Under bf16 autocast the linear layers return bf16 while the residual stream stays fp32; the
+    per-frame ops get one dtype (they refused the mix before)."""
+    from flowception_ext.ops import use_backend
+
+    trainer = tiny_trainer(tmp_path, steps=3, bf16=True)
+    with use_backend(backend):
+        metrics = trainer.fit()
+    assert np.isfinite(metrics["loss"]) and trainer.step == 3

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from .. import _devices
 
 
 @dataclass
@@ -48,14 +50,20 @@ def check_context(context: Sequence[Tensor] | None, num_videos: int | None, fram
     return list(context)
 
 
+def model_device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Where the baselines sample: the model's first parameter's device and dtype."""
+    param = next(model.parameters())
+    return param.device, param.dtype
+
+
 def noise_frames(count: int, frame_shape, generator, num_videos: int, device, dtype) -> list[Tensor]:
-    """``count`` N(0, I) frames for each video: from its own generator when ``generator`` is a
-    list (so a video does not depend on its batch), else from the one generator."""
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != num_videos:
-            raise ValueError(f"generator must be one torch.Generator or one per video ({num_videos}), got {len(generator)}")
-        return [torch.randn(count, *frame_shape, generator=g, device=device, dtype=dtype) for g in generator]
-    noise = torch.randn(num_videos, count, *frame_shape, generator=generator, device=device, dtype=dtype)
+    """``count`` N(0, I) frames for each video on ``device``: from its own generator when
+    ``generator`` is a list (so a video does not depend on its batch), else from the one generator.
+    Drawn on each generator's device (a CPU one gives the same noise for every ``device``), then moved."""
+    generator = _devices.check_generators(generator, device, num_videos)
+    if isinstance(generator, list):
+        return [_devices.draw(torch.randn, (count, *frame_shape), g, device, dtype) for g in generator]
+    noise = _devices.draw(torch.randn, (num_videos, count, *frame_shape), generator, device, dtype)
     return list(noise.unbind(0))
 
 

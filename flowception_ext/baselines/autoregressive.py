@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 
 from ..model.dit import KVCache
 from ..packing import PackedVideos
-from ._common import BaselineOutput, check_context, check_steps, noise_frames, resolve_frame_shape
+from ._common import (BaselineOutput, check_context, check_steps, model_device_and_dtype, noise_frames,
+                      resolve_frame_shape)
 
 __all__ = ["sample_autoregressive"]
 
@@ -40,6 +41,12 @@ def sample_autoregressive(
     ``context``: per video, the clean first frames (the same count for every video).
     ``use_cache``: default True for frame-causal models, False otherwise (a bidirectional model
     cannot use a cache: its past frames attend to the new one).
+
+    Devices and randomness: sampling runs on the model's device (its first parameter); contexts
+    and labels are moved there and the videos are returned there. ``generator`` (one, or a list
+    with one per video) may live on the CPU or on the model's device: the noise is drawn on the
+    generator's device and moved to the model's, so a CPU generator gives the same noise on every
+    device. Any other generator device is a ``ValueError``.
     """
     check_steps("steps_per_frame", steps_per_frame)
     check_steps("num_frames", num_frames)
@@ -55,8 +62,8 @@ def sample_autoregressive(
         raise ValueError(f"every video needs the same number of context frames for autoregressive sampling, got {sorted(n_ctx)}")
     n_ctx = n_ctx.pop()
     b = len(ctx)
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
+    device, dtype = model_device_and_dtype(model)
+    labels = None if labels is None else labels.to(device)
     noise = torch.stack(noise_frames(num_frames - n_ctx, shape, generator, b, device, dtype))  # (B, n, C, H, W)
     done = [torch.stack([c[j] for c in ctx]).to(device, dtype) for j in range(n_ctx)]  # clean frames, each (B, C, H, W)
     one_per_video = torch.arange(b + 1, device=device)

@@ -10,7 +10,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..packing import PackedVideos
-from ._common import BaselineOutput, check_context, check_steps, noise_frames, resolve_frame_shape
+from ._common import (BaselineOutput, check_context, check_steps, model_device_and_dtype, noise_frames,
+                      resolve_frame_shape)
 
 __all__ = ["sample_full_sequence"]
 
@@ -33,13 +34,19 @@ def sample_full_sequence(
     ``context``: per video, clean leading frames ``[n_ctx, C, H, W]`` (e.g. the image of
     image-to-video); they stay fixed. The others start as N(0, I) at t = 0 and reach t = 1 after
     ``steps`` Euler steps of size ``1/steps``.
+
+    Devices and randomness: sampling runs on the model's device (its first parameter); contexts
+    and labels are moved there and the videos are returned there. ``generator`` (one, or a list
+    with one per video) may live on the CPU or on the model's device: the noise is drawn on the
+    generator's device and moved to the model's, so a CPU generator gives the same noise on every
+    device. Any other generator device is a ``ValueError``.
     """
     check_steps("steps", steps)
     check_steps("num_frames", num_frames)
     shape = resolve_frame_shape(model, context, frame_shape)
     ctx = check_context(context, num_videos, shape, num_frames)
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
+    device, dtype = model_device_and_dtype(model)
+    labels = None if labels is None else labels.to(device)
     noise = noise_frames(num_frames, shape, generator, len(ctx), device, dtype)
     videos = [torch.cat([c.to(device, dtype), z[c.shape[0]:]]) for c, z in zip(ctx, noise)]
     is_context = [torch.arange(num_frames, device=device) < c.shape[0] for c in ctx]

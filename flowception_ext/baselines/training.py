@@ -8,6 +8,10 @@ unused: the baselines have no rate head).
   can be generated; frames ``< k`` are clean context, frame ``k`` is noisy, later frames are
   stripped (never copied). With a frame-causal model this is teacher forcing of the
   left-to-right generator.
+
+``generator`` may live on the CPU or on the frames' device: every number is drawn on the
+generator's device and moved to the frames' (a CPU generator gives the same state on every
+device); ``None`` draws from the global generators.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .. import _devices
 from ..noising import ROLE_CONTEXT, ROLE_FREE, ROLE_START, TASKS, NoisingConfig, TrainingState
 from ..packing import PackedVideos
 
@@ -23,26 +28,29 @@ __all__ = ["make_full_sequence_state", "make_autoregressive_state"]
 
 def _draw_tasks(videos: PackedVideos, generator, config: NoisingConfig) -> tuple[Tensor, Tensor]:
     """Task index per video and whether frame 0 is context (image-to-video or interpolation)."""
-    probs = torch.tensor(config.task_probs, dtype=torch.float64)
-    task = torch.multinomial(probs, videos.num_videos, replacement=True, generator=_cpu(generator))
+    where = torch.device("cpu") if generator is None else generator.device  # tasks: the global CPU generator
+    probs = torch.tensor(config.task_probs, dtype=torch.float64, device=where)
+    task = torch.multinomial(probs, videos.num_videos, replacement=True, generator=generator)
     task = task.to(videos.frames.device)
     first_is_context = (task != TASKS.index("unconditional")) & (videos.lengths > 1)
     return task, first_is_context
 
 
-def _cpu(generator):
-    return generator if generator is None or generator.device.type == "cpu" else None
+def _time(config: NoisingConfig, n: int, generator, device: torch.device) -> Tensor:
+    """``n`` draws of ``config.time_distribution`` on the generator's device, moved to ``device``."""
+    where = device if generator is None else generator.device
+    return config.time_distribution.sample((n,), generator=generator, device=where).to(device)
 
 
 def _finish(present: PackedVideos, num_clean: int, source_index: Tensor, t: Tensor, context: Tensor,
             task: Tensor, generator, config: NoisingConfig, tau_g: Tensor) -> TrainingState:
     """Noise the present clean frames (context stays clean) and assemble the state."""
     x1 = present.frames
-    eps = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
+    eps = _devices.draw(torch.randn, x1.shape, generator, x1.device, x1.dtype)
     tt = t.to(x1.dtype)[:, None, None, None]
     noisy = torch.where(context[:, None, None, None], x1, tt * x1 + (1 - tt) * eps)
     inputs = PackedVideos(noisy, present.cu_seqlens, t.to(present.times.dtype), context, torch.ones_like(context))
-    drop = torch.rand(present.num_videos, generator=generator, device=x1.device) < config.p_uncond
+    drop = _devices.draw(torch.rand, (present.num_videos,), generator, x1.device) < config.p_uncond
     inputs = inputs.drop_context(drop)
     roles = torch.full((num_clean,), ROLE_FREE, dtype=torch.int8, device=x1.device)
     roles[source_index] = torch.where(context, ROLE_CONTEXT, ROLE_START).to(torch.int8)
@@ -64,10 +72,9 @@ def _finish(present: PackedVideos, num_clean: int, source_index: Tensor, t: Tens
 def make_full_sequence_state(videos: PackedVideos, *, generator: torch.Generator | None = None,
                              config: NoisingConfig = NoisingConfig()) -> TrainingState:
     """Full-sequence flow matching: all frames present, one time per video."""
-    _check(videos)
+    _check(videos, generator)
     task, first_is_context = _draw_tasks(videos, generator, config)
-    t_video = config.time_distribution.sample((videos.num_videos,), generator=generator,
-                                              device=videos.frames.device)
+    t_video = _time(config, videos.num_videos, generator, videos.frames.device)
     vid = videos.video_index
     context = first_is_context[vid] & (videos.position == 0)
     t = torch.where(context, torch.ones_like(t_video[vid]), t_video[vid])
@@ -78,14 +85,13 @@ def make_full_sequence_state(videos: PackedVideos, *, generator: torch.Generator
 def make_autoregressive_state(videos: PackedVideos, *, generator: torch.Generator | None = None,
                               config: NoisingConfig = NoisingConfig()) -> TrainingState:
     """Autoregressive teacher forcing: clean prefix, one noisy target frame, the rest stripped."""
-    _check(videos)
+    _check(videos, generator)
     task, first_is_context = _draw_tasks(videos, generator, config)
     lengths = videos.lengths
     lo = first_is_context.long()  # the first generable frame
-    u = torch.rand(videos.num_videos, generator=generator, dtype=torch.float64, device=videos.frames.device)
+    u = _devices.draw(torch.rand, (videos.num_videos,), generator, videos.frames.device, torch.float64)
     target = lo + (u * (lengths - lo)).long().clamp(max=(lengths - lo - 1).clamp(min=0))  # (B,)
-    t_video = config.time_distribution.sample((videos.num_videos,), generator=generator,
-                                              device=videos.frames.device)
+    t_video = _time(config, videos.num_videos, generator, videos.frames.device)
     vid, pos = videos.video_index, videos.position
     keep = pos <= target[vid]
     stripped, source_index = videos.strip(keep)
@@ -95,8 +101,11 @@ def make_autoregressive_state(videos: PackedVideos, *, generator: torch.Generato
     return _finish(stripped, videos.num_frames, source_index, t, context, task, generator, config, t_video)
 
 
-def _check(videos: PackedVideos) -> None:
+def _check(videos: PackedVideos, generator: torch.Generator | None) -> None:
     if not isinstance(videos, PackedVideos):
         raise TypeError(f"videos must be a PackedVideos, got {type(videos).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    _devices.check_generators(generator, videos.frames.device, videos.num_videos, user="the frames are")
     if videos.num_videos == 0 or bool((videos.lengths < 1).any()):
         raise ValueError(f"every video needs at least one frame, got lengths {videos.lengths.tolist()}")

@@ -140,7 +140,10 @@ class DiTBlock(nn.Module):
                 cache: LayerCache | None = None) -> Tensor:
         # x: (T, D) tokens; c: (F, D) per-frame conditioning
         p = attn["tokens_per_frame"]
-        shift1, scale1, gate1, shift2, scale2, gate2 = (m.contiguous() for m in self.ada(F.silu(c)).chunk(6, dim=-1))
+        # Under autocast the linear layers return bf16 while the residual stream x keeps its dtype:
+        # the per-frame ops take one dtype, the stream's.
+        shift1, scale1, gate1, shift2, scale2, gate2 = (m.to(x.dtype).contiguous()
+                                                        for m in self.ada(F.silu(c)).chunk(6, dim=-1))
         h = ops.adaln_modulate(x, shift1, scale1, p, self.eps)
         q, k, v = self.qkv(h).unflatten(-1, (3, self.num_heads, -1)).unbind(1)  # (T, H, d) each
         q, k = apply_rope(q, *rope).to(v.dtype), apply_rope(k, *rope).to(v.dtype)
@@ -150,8 +153,8 @@ class DiTBlock(nn.Module):
             a = a.flatten(1)  # (T, D)
         else:
             a = cache.attend(q, k, v, p, attn["window"]).flatten(1)
-        x, h = ops.gated_residual_adaln(x, self.proj(a), gate1, shift2, scale2, p, self.eps)
-        return ops.gated_residual(x, self.fc2(F.gelu(self.fc1(h), approximate="tanh")), gate2, p)
+        x, h = ops.gated_residual_adaln(x, self.proj(a).to(x.dtype), gate1, shift2, scale2, p, self.eps)
+        return ops.gated_residual(x, self.fc2(F.gelu(self.fc1(h), approximate="tanh")).to(x.dtype), gate2, p)
 
 
 class FlowceptionDiT(nn.Module):
@@ -287,7 +290,7 @@ class FlowceptionDiT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, c, rope, attn, None if cache is None else cache.layers[i])
 
-        shift, scale = (m.contiguous() for m in self.final_ada(F.silu(c)).chunk(2, dim=-1))
+        shift, scale = (m.to(x.dtype).contiguous() for m in self.final_ada(F.silu(c)).chunk(2, dim=-1))
         h = ops.adaln_modulate(x, shift, scale, cfg.tokens_per_frame, cfg.layer_norm_eps)
         h = h.unflatten(0, (-1, cfg.tokens_per_frame))
         out = self.final_linear(h[:, :-1])  # (N, L, C p p): patch tokens only
