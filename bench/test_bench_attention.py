@@ -180,6 +180,8 @@ _MEMORY_SCRIPT = textwrap.dedent(
     base = status_kb("VmRSS")
     if impl == "ours":
         out = local_frame_attention(q, k, v, cu, P, W)[0]
+    elif impl == "stock":
+        out = local_frame_attention(q, k, v, cu, P, W, backend="stock", return_lse=False, max_frames=frames)[0]
     else:
         mask = local_frame_mask(frames, P, W)
         out = F.scaled_dot_product_attention(*(t.transpose(0, 1) for t in (q, k, v)), attn_mask=mask).transpose(0, 1)
@@ -189,7 +191,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("impl", ["ours", "sdpa_dense"])
+@pytest.mark.parametrize("impl", ["ours", "stock", "sdpa_dense"])
 def test_peak_memory(benchmark, impl):
     """Peak resident memory above the inputs of one forward+backward, 128 frames x 64 tokens, fp32."""
     result = {}

@@ -1,9 +1,10 @@
 """Loading the compiled core (``flowception_ext._C``) and describing what it contains.
 
 If the extension is missing, fails to load, or was built against another torch, importing
-the package warns once and every op falls back to its pure-PyTorch reference
-(``flowception_ext.ops.reference``). Set ``FLOWCEPTION_DISABLE_EXTENSION=1`` to force the
-fallback (useful to compare the two paths).
+the package warns once and every op runs on the stock PyTorch backend
+(``flowception_ext.ops.stock``; see ``flowception_ext.ops.backend``). Set
+``FLOWCEPTION_DISABLE_EXTENSION=1`` to force that (useful to compare the two paths), or
+``FLOWCEPTION_BACKEND=stock`` to keep the extension loaded but run the stock backend.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ else:
 
 if _problem is not None:
     warnings.warn(
-        f"flowception_ext: compiled kernels unavailable, using the pure-PyTorch references (slow): {_problem}. "
+        f"flowception_ext: compiled kernels unavailable, using the stock PyTorch backend: {_problem}. "
         "Rebuild with `pip install --no-build-isolation .`",
         RuntimeWarning,
         stacklevel=2,
@@ -40,7 +41,7 @@ if _problem is not None:
 
 
 def available() -> bool:
-    """True when the compiled ops are loaded and used."""
+    """True when the compiled ops are loaded (the CPU's default backend; see ``ops.select_backend``)."""
     return _module is not None
 
 
@@ -52,7 +53,7 @@ def build_info() -> dict[str, Any]:
     build), ``cpu_capability`` (the ``at::vec`` instruction set of the CPU kernels; ``None``
     without the extension), ``cpu_bf16_gemm`` (``"amx"`` or ``"avx512_bf16"``: the bf16
     dot-product GEMMs that the bf16 attention forward runs on this CPU; ``None``: it converts to
-    fp32) and ``fallback_reason`` (why the references are used, or ``None``).
+    fp32) and ``fallback_reason`` (why the compiled ops are not loaded, or ``None``).
     """
     if _module is None:
         return {

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import flowception_ext
-from flowception_ext import FlowceptionConfig, FlowceptionDiT, ops
+from flowception_ext import FlowceptionConfig, FlowceptionDiT, PackedVideos, ops
 from flowception_ext.data import ToyColoring
 from flowception_ext.ops import backend as backend_module
 from flowception_ext.ops import reference as ref
@@ -328,6 +328,74 @@ def test_tiny_model_trains_the_same_on_both_backends(tmp_path, threads):
     assert len(kernels) == len(stock) == 20
     assert max(abs(a - b) for a, b in zip(kernels, stock)) <= 1e-4
     assert kernels[-1] < kernels[0]  # and it learns
+
+
+def _random_tiny_model(**overrides) -> FlowceptionDiT:
+    """The tiny preset (head dim 24) with random weights, not adaLN-Zero: at initialisation the
+    gates are zero and the attention would not reach the output."""
+    torch.manual_seed(0)
+    model = FlowceptionDiT(FlowceptionConfig.from_preset("tiny", in_channels=2, frame_size=(4, 6), patch_size=2,
+                                                         **overrides))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.08)
+    return model
+
+
+@requires_extension
+@pytest.mark.parametrize("window, attention", [(None, "bidirectional"), (2, "bidirectional"), (1, "causal")])
+def test_model_forward_and_backward_match_across_backends(window, attention):
+    """One forward and backward of the model as it calls the ops (no lse, max_frames given), on
+    each backend: outputs and every parameter's gradient agree."""
+    model = _random_tiny_model(window=window, attention=attention)
+    g = torch.Generator().manual_seed(0)
+    lengths = [3, 1, 6, 4]
+    videos = PackedVideos.from_list([torch.randn(n, 2, 4, 6, generator=g) for n in lengths],
+                                    times=[torch.rand(n, generator=g) for n in lengths])
+    results = {}
+    for backend in ("kernels", "stock"):
+        model.zero_grad()
+        with use_backend(backend):
+            vel, rate = model(videos)
+        w = torch.Generator().manual_seed(1)
+        loss = (vel * torch.randn(vel.shape, generator=w)).sum() + (rate * torch.randn(rate.shape, generator=w)).sum()
+        loss.backward()
+        results[backend] = [vel.detach(), rate.detach()] + [p.grad.clone() for p in model.parameters()]
+    for i, (a, b) in enumerate(zip(results["kernels"], results["stock"])):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=lambda m: f"tensor {i}: {m}")
+
+
+def _count_host_reads(monkeypatch) -> list[str]:
+    """Every read of a tensor's values into Python (a host sync on a GPU) from now on."""
+    reads: list[str] = []
+    for name in ("tolist", "item", "__bool__", "__int__", "__index__", "__float__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return reads
+
+
+def test_stock_ops_read_the_device_at_most_once(monkeypatch):
+    """Ragged ops: one host read per call (their value checks) when given the output size;
+    attention: one without ``max_frames`` (the check and the longest video together)."""
+    frames, cu = torch.randn(5, 2, 3, 3), torch.tensor([0, 2, 5])
+    counts, q = torch.tensor([1, 0, 2, 0, 0]), torch.randn(10, 2, 8)
+    reads = _count_host_reads(monkeypatch)
+    ops.ragged_insert(frames, cu, counts, 3, seed=1, backend="stock")
+    assert len(reads) == 1, reads
+    reads.clear()
+    ops.ragged_strip(frames, cu, counts > 0, 2, backend="stock")
+    assert len(reads) == 1, reads
+    reads.clear()
+    ops.local_frame_attention(q, q, q, cu, 2, window=-1, backend="stock")
+    assert len(reads) == 1, reads
+    reads.clear()
+    ops.local_frame_attention(q, q, q, cu, 2, window=1, backend="stock", max_frames=3, return_lse=False)
+    assert len(reads) <= 1, reads  # the value check, on the CPU only
 
 
 # ---- on a GPU ---------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ __all__ = [
     "ragged_strip_ref",
     "check_ragged_args",
     "check_cu_seqlens",
+    "cu_seqlens_fine",
     "check_same_device",
 ]
 
@@ -224,13 +225,20 @@ def check_ragged_args(frames: Tensor, cu_seqlens: Tensor, per_frame: Tensor, per
         check_cu_seqlens(cu_seqlens, n)
 
 
-def check_cu_seqlens(cu_seqlens: Tensor, num_frames: int) -> None:
+def cu_seqlens_fine(cu_seqlens: Tensor, num_frames: int) -> Tensor:
+    """0-d bool tensor: ``cu_seqlens`` starts at 0, never decreases and ends at ``num_frames`` (no host sync)."""
+    return (cu_seqlens[0] == 0) & (cu_seqlens[-1] == num_frames) & (cu_seqlens.diff() >= 0).all()
+
+
+def check_cu_seqlens(cu_seqlens: Tensor, num_frames: int, fine: bool | None = None) -> None:
     """ValueError unless ``cu_seqlens`` starts at 0, never decreases and ends at ``num_frames``.
-    Vectorised: one host sync when the values are fine, more only to word an error."""
-    diff = cu_seqlens.diff()
-    fine = (cu_seqlens[0] == 0) & (cu_seqlens[-1] == num_frames) & (diff >= 0).all()
-    if bool(fine):
+    Vectorised: one host sync when the values are fine (none if the caller read ``fine`` off
+    :func:`cu_seqlens_fine` with its own values), more only to word an error."""
+    if fine is None:
+        fine = bool(cu_seqlens_fine(cu_seqlens, num_frames))
+    if fine:
         return
+    diff = cu_seqlens.diff()
     cu0, cu_last = int(cu_seqlens[0]), int(cu_seqlens[-1])
     if cu0 != 0:
         raise ValueError(f"cu_seqlens must start at 0, got {cu0}")
@@ -256,12 +264,16 @@ def ragged_insert_ref(
     Returns ``(out [N+M, *S], out_cu_seqlens [B+1], src_pos [N], new_pos [M])``: ``out[src_pos]
     == frames`` and ``out[new_pos]`` are the new frames, in order.
     """
-    check_ragged_args(frames, cu_seqlens, counts, "counts", torch.int64)
+    check_ragged_args(frames, cu_seqlens, counts, "counts", torch.int64, check_values=False)
+    n = frames.shape[0]
+    # One host sync for every value check; the exact (Python) sum only where int64 could wrap.
+    stats = [cu_seqlens_fine(cu_seqlens, n).to(torch.int64)]
+    if n:
+        stats += [counts.min(), counts.max(), counts.sum()]
+    fine, lo, hi, total = torch.stack(stats).tolist() + ([] if n else [0, 0, 0])
+    check_cu_seqlens(cu_seqlens, n, fine=bool(fine))
     if total_new < 0:
         raise ValueError(f"total_new must be >= 0, got {total_new}")
-    n = frames.shape[0]
-    # One host sync for the value checks; the exact (Python) sum only where int64 could wrap.
-    lo, hi, total = torch.stack([counts.min(), counts.max(), counts.sum()]).tolist() if n else (0, 0, 0)
     if lo < 0:
         j = int((counts < 0).nonzero()[0])
         raise ValueError(f"counts must be >= 0, but counts[{j}] = {int(counts[j])}")
@@ -290,10 +302,11 @@ def ragged_insert_ref(
 
 def ragged_strip_ref(frames: Tensor, cu_seqlens: Tensor, keep: Tensor, total_kept: int) -> tuple[Tensor, Tensor, Tensor]:
     """Keep the frames where ``keep`` is set. Returns ``(out [K, *S], out_cu_seqlens, src_index [K])``."""
-    check_ragged_args(frames, cu_seqlens, keep, "keep", torch.bool)
+    check_ragged_args(frames, cu_seqlens, keep, "keep", torch.bool, check_values=False)
+    fine, kept = torch.stack([cu_seqlens_fine(cu_seqlens, frames.shape[0]).to(torch.int64), keep.sum()]).tolist()  # one host sync
+    check_cu_seqlens(cu_seqlens, frames.shape[0], fine=bool(fine))
     if total_kept < 0:
         raise ValueError(f"total_kept must be >= 0, got {total_kept}")
-    kept = int(keep.sum())
     if kept != total_kept:
         raise ValueError(f"total_kept ({total_kept}) must equal keep.sum() ({kept})")
     src_index = torch.nonzero_static(keep, size=total_kept).reshape(-1)  # the size is known: no sync

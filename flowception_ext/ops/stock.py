@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .reference import check_adaln_args, check_cu_seqlens, check_local_attention_args
+from .reference import check_adaln_args, check_cu_seqlens, check_local_attention_args, cu_seqlens_fine
 
 __all__ = ["adaln_modulate_stock", "gated_residual_stock", "gated_residual_adaln_stock", "local_frame_attention_stock"]
 
@@ -113,23 +113,25 @@ def local_frame_attention_stock(
 ) -> tuple[Tensor, Tensor | None]:
     """Local frame attention through stock kernels (see :func:`flowception_ext.ops.local_frame_attention`).
 
-    ``max_frames`` (the longest video, in frames) fixes the padded layout of whole-video
-    attention; without it one host sync reads it from ``cu_seqlens``. The values of
-    ``cu_seqlens`` are checked on the CPU, and elsewhere when ``max_frames`` is not given (a check
-    there costs a host sync per layer).
+    ``max_frames`` (the longest video, in frames) fixes the layouts; without it one host sync
+    reads it from ``cu_seqlens``, with the value check of ``cu_seqlens``. With it, the values are
+    checked on the CPU only (elsewhere a check would cost a host sync per layer).
     """
     check_local_attention_args(q, k, v, cu_seqlens, tokens_per_frame, window, check_values=False)
     P, (T, H, d) = tokens_per_frame, q.shape
     num_frames = T // P
-    if cu_seqlens.device.type == "cpu" or max_frames is None:
+    lengths = cu_seqlens.diff()
+    if max_frames is None:  # one host sync for the check and the longest video
+        longest = F.pad(lengths, (0, 1)).max()  # 0 for an empty batch
+        fine, max_frames = torch.stack([cu_seqlens_fine(cu_seqlens, num_frames).to(torch.int64), longest]).tolist()
+        check_cu_seqlens(cu_seqlens, num_frames, fine=bool(fine))
+    elif cu_seqlens.device.type == "cpu" and not torch.compiler.is_compiling():  # a traced check would break the graph
         check_cu_seqlens(cu_seqlens, num_frames)
     scale = d**-0.5 if scale is None else scale
     lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    if num_frames == 0:
-        return q.new_empty(q.shape), (q.new_empty((H, 0), dtype=lse_dtype) if return_lse else None)
-    lengths = cu_seqlens.diff()
-    if max_frames is None:
-        max_frames = int(lengths.max())
+    if num_frames == 0:  # empty, but in the graph of q, k and v as the kernels' outputs are
+        out = q + k + v
+        return out, (out.sum(-1).t().to(lse_dtype) if return_lse else None)
     video = torch.repeat_interleave(torch.arange(lengths.numel(), device=q.device), lengths, output_size=num_frames)
     start, end = cu_seqlens[:-1][video], cu_seqlens[1:][video]  # [F] the frames of each frame's video
     frame = torch.arange(num_frames, device=q.device)
