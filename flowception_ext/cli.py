@@ -220,8 +220,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from . import __version__, build_info
+    from .ops import select_backend
 
-    print(json.dumps({"flowception_ext": __version__, **build_info(), "threads": torch.get_num_threads()}, indent=1))
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    backends = {d: select_backend(torch.device(d)) for d in devices}  # what the ops run on each device
+    print(json.dumps({"flowception_ext": __version__, **build_info(), "threads": torch.get_num_threads(),
+                      "backends": backends}, indent=1))
     return 0
 
 

@@ -55,7 +55,9 @@ def test_help_documents_every_option(capsys):
 
 def test_info_and_bad_input(capsys, tmp_path):
     assert main(["info"]) == 0
-    assert "cpu_kernels" in capsys.readouterr().out
+    info = json.loads(capsys.readouterr().out)
+    assert "cpu_kernels" in info
+    assert info["backends"]["cpu"] == ("kernels" if info["cpu_kernels"] else "stock")
     with pytest.raises(SystemExit):
         main(["sample", "--checkpoint", str(tmp_path), "--task", "sideways", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="no model"):
