@@ -446,12 +446,17 @@ def local_frame_attention_ref(
     scale: float | None = None,
     *,
     causal: bool = False,
+    upcast: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Attention within each video through a dense block mask per video (explicit math in
-    float32, float64 for float64 inputs). Returns ``(out [T, H, d], lse [H, T])``; differentiable."""
+    float32, float64 for float64 inputs). Returns ``(out [T, H, d], lse [H, T])``; differentiable.
+
+    ``upcast=False`` does the math in the inputs' dtype instead: the low-precision reference of
+    flash-attn's tests, the error budget of fused bf16/fp16 kernels (``scaled_dot_product_attention``
+    rounds its probabilities to the inputs' dtype, as FlashAttention does)."""
     check_local_attention_args(q, k, v, cu_seqlens, tokens_per_frame, window)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    acc = torch.float64 if q.dtype == torch.float64 else (torch.float32 if upcast else q.dtype)
     outs, lses = [], []
     cu = cu_seqlens.tolist()
     for b in range(len(cu) - 1):
