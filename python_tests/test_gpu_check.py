@@ -22,6 +22,7 @@ def test_gpu_check_dry_run_passes_every_step(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(SCRIPT), "--cpu", "--quick", "--build", '{"skipped": "test"}',
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=900, env=env)
+    assert proc.stdout.strip(), proc.stderr[-3000:]  # it crashed before its verdict
     report = json.loads(proc.stdout)
     assert proc.returncode == 0, json.dumps({k: report.get(k) for k in STEPS}, indent=1)[-4000:]
     assert report["mode"] == "cpu" and report["ok"] is True
