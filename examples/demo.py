@@ -19,6 +19,7 @@ import torch
 import flowception_ext as fe
 from flowception_ext.data import ToyColoring
 from flowception_ext.data.toy import TOY_LENGTHS
+from flowception_ext.eval import check_manifold
 from flowception_ext.io import save_video
 from flowception_ext.viz import plot_insertion_order, plot_length_histogram
 
@@ -72,7 +73,7 @@ def main() -> None:
     output = fe.sample(ema, num_videos=args.num_videos, steps=args.sample_steps,
                        generator=torch.Generator().manual_seed(args.seed + 1))
     lengths = output.lengths
-    checks = [dataset.check(v) for v in output.videos]
+    checks = [check_manifold(v, **dataset.rules) for v in output.videos]
     exact = sum(n in TOY_LENGTHS for n in lengths) / len(lengths)
     on_manifold = sum(c.on_manifold for c in checks) / len(checks)
     frames_ok = sum(c.frames_ok for c in checks) / len(checks)

@@ -11,7 +11,7 @@ sampler steps:
   same seed), so the four orders are compared at identical lengths and only the order differs.
 
 The paper finds random < hierarchical < left-to-right < learned (FVD and VBench). Here the
-metrics are those of ``shapes_common``: the dataset checker's strict verdict, the median
+metrics are those of :mod:`flowception_ext.eval.shapes`: the dataset checker's strict verdict, the median
 per-frame consistency error, the fraction of frames within 1 px, and a Fréchet distance of
 per-video motion statistics to the held-out real videos, each with a bootstrap 95 % CI, plus
 paired differences against the learned order. A ``data`` row scores other real videos the
@@ -35,10 +35,10 @@ import numpy as np
 import torch
 
 import flowception_ext as fe
+from flowception_ext.eval import paired_difference, summarise, video_features, video_metrics
 from flowception_ext.noising import NoisingConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import shapes_common as sc  # noqa: E402
+import shapes_common as sc  # the shapes experiments' runner, beside this script
 
 ORDERS = ("learned", "random", "hierarchical", "left_to_right")
 QUICK = dict(train_steps=60, train_videos=256, num_videos=12, sample_steps=8, bootstrap=200, max_length=12)
@@ -69,13 +69,13 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  sampled {len(contexts)} videos with order={order} in {seconds[order]:.0f} s", flush=True)
 
     sc.save_samples(out / "samples.safetensors", {o: samples[o]["videos"] for o in ORDERS})
-    real_features = np.stack([sc.video_features(v) for v in real])
+    real_features = np.stack([video_features(v) for v in real])
     rows, per_video = {}, {}
     for name, videos in [*((o, samples[o]["videos"]) for o in ORDERS), ("data", reference)]:
-        per_video[name] = sc.video_metrics(videos)
-        features = np.stack([sc.video_features(v) for v in videos])
-        rows[name] = sc.summarise(per_video[name], features, real_features, args.bootstrap, args.seed)
-    paired = {o: {m: sc.paired_difference(per_video[o][m], per_video["learned"][m], args.bootstrap, args.seed)
+        per_video[name] = video_metrics(videos)
+        features = np.stack([video_features(v) for v in videos])
+        rows[name] = summarise(per_video[name], features, real_features, args.bootstrap, args.seed)
+    paired = {o: {m: paired_difference(per_video[o][m], per_video["learned"][m], args.bootstrap, args.seed)
                   for m in ("median_error", "frac_frames_le_1px")} for o in ORDERS[1:]}
 
     metrics = ("consistent", "median_error", "frac_frames_le_1px", "frechet", "length")

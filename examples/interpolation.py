@@ -11,7 +11,7 @@ scene is complete.
 Reported, with bootstrap 95 % CIs over videos: the Pearson correlation between inserted and
 true frame counts per gap, the mean absolute count error (and, for scale, that of always
 predicting the mean true gap), the mean inserted and true counts, the fraction of exact gaps,
-and the ``shapes_common`` consistency metrics of the interpolated videos.
+and the consistency metrics (:mod:`flowception_ext.eval.shapes`) of the interpolated videos.
 
     python examples/interpolation.py                 # full run (about 15 min on 1 thread)
     python examples/interpolation.py --quick --out /tmp/ip   # CI check (under 3 min)
@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 import flowception_ext as fe
+from flowception_ext.eval import bootstrap_ci, summarise, video_features, video_metrics
 from flowception_ext.noising import NoisingConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import shapes_common as sc  # noqa: E402
+import shapes_common as sc  # the shapes experiments' runner, beside this script
 
 QUICK = dict(train_steps=60, train_videos=256, num_videos=12, sample_steps=8, bootstrap=200, max_length=12,
              examples=2)
@@ -72,11 +72,11 @@ def main(argv: list[str] | None = None) -> dict:
     true_gaps = [np.diff(k) - 1 for k in keys]
     inserted = [np.diff(torch.nonzero(c).flatten().numpy()) - 1 for c in samples["is_context"]]
     gaps = _gap_metrics(true_gaps, inserted, args.bootstrap, args.seed)
-    real_features = np.stack([sc.video_features(v) for v in real])
+    real_features = np.stack([video_features(v) for v in real])
     quality = {}
     for name, vids in (("interpolated", samples["videos"]), ("data", sc.reference_videos(args))):
-        features = np.stack([sc.video_features(v) for v in vids])
-        quality[name] = sc.summarise(sc.video_metrics(vids), features, real_features, args.bootstrap, args.seed)
+        features = np.stack([video_features(v) for v in vids])
+        quality[name] = summarise(video_metrics(vids), features, real_features, args.bootstrap, args.seed)
 
     title = (f"MovingShapes interpolation, {len(real)} held-out videos ({sum(len(g) for g in true_gaps)} gaps), "
              f"{args.sample_steps} steps, {args.train_steps} training steps")
@@ -139,7 +139,7 @@ def _gap_metrics(true_gaps: list[np.ndarray], inserted: list[np.ndarray], reps: 
     }
     rng = np.random.default_rng(seed)
     everything = np.arange(len(true_gaps))
-    return {name: {"value": fn(everything), "ci95": list(sc.bootstrap_ci(fn, len(true_gaps), reps, rng))}
+    return {name: {"value": fn(everything), "ci95": list(bootstrap_ci(fn, len(true_gaps), reps, rng))}
             for name, fn in stats.items()}
 
 

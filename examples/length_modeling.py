@@ -32,8 +32,9 @@ import torch
 from torch import Tensor
 
 import flowception_ext as fe
-from flowception_ext.baselines import sample_full_sequence
-from flowception_ext.data import MANIFOLD_RULES, ToyColoring, fit_stride_offsets, frame_ring_misfit, ring_offsets
+from flowception_ext.sampling import sample_full_sequence
+from flowception_ext.data import ToyColoring
+from flowception_ext.eval import MANIFOLD_RULES, check_manifold, fit_stride_offsets, frame_ring_misfit, ring_offsets
 from flowception_ext.training import finished_checkpoint
 from flowception_ext.viz import plot_length_histogram
 
@@ -42,7 +43,7 @@ def frame_figures(dataset: ToyColoring, videos: list[torch.Tensor]) -> dict:
     """On-manifold and frame-rule fractions, the fraction of videos breaking each rule (each
     checked on its own), the checker's border misfit (one gradient for the whole video) and the
     per-frame misfit (each frame's own gradient)."""
-    checks = [dataset.check(v) for v in videos]
+    checks = [check_manifold(v, **dataset.rules) for v in videos]
     per_frame = np.concatenate([frame_ring_misfit(v) for v in videos])
     return {
         "fraction_on_manifold": sum(c.on_manifold for c in checks) / len(checks),

@@ -17,7 +17,7 @@ Sampling: each held-out video's first frame is continued with ``--sample-steps``
 steps per frame for every method. Flowception chooses the length; the baselines are given the
 held-out video's true length (a fixed length chosen before sampling, as they need).
 
-Reported per method, with bootstrap 95 % CIs: the ``shapes_common`` metrics (strict
+Reported per method, with bootstrap 95 % CIs: the :mod:`flowception_ext.eval.shapes` metrics (strict
 consistency, median per-frame error, fraction of frames within 1 px, Fréchet distance of motion
 statistics to the held-out videos), the **error-accumulation curve** (mean per-frame consistency
 error at each frame index, plotted with its CI band in ``paradigms_consistency.png``) and its
@@ -42,12 +42,12 @@ import numpy as np
 import torch
 
 import flowception_ext as fe
-from flowception_ext.baselines import sample_autoregressive, sample_full_sequence
-from flowception_ext.efficiency import count_flops
+from flowception_ext.costs import count_flops
+from flowception_ext.eval import drift_slope, error_curve, summarise, video_features, video_metrics
 from flowception_ext.noising import NoisingConfig
+from flowception_ext.sampling import sample_autoregressive, sample_full_sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import shapes_common as sc  # noqa: E402
+import shapes_common as sc  # the shapes experiments' runner, beside this script
 
 # name -> (training objective, attention, rate head)
 METHODS = {
@@ -107,14 +107,14 @@ def main(argv: list[str] | None = None) -> dict:
               f"({sampling[name]['gflops_per_video']:.2f} GFLOP/video)", flush=True)
 
     sc.save_samples(out / "samples.safetensors", videos)
-    real_features = np.stack([sc.video_features(v) for v in real])
+    real_features = np.stack([video_features(v) for v in real])
     rows, curves, drift = {}, {}, {}
     reference = sc.reference_videos(args)
     for name, vids in [*videos.items(), ("data", reference)]:
-        features = np.stack([sc.video_features(v) for v in vids])
-        rows[name] = sc.summarise(sc.video_metrics(vids), features, real_features, args.bootstrap, args.seed)
-        curves[name] = sc.error_curve(vids, args.max_length, args.bootstrap, args.seed)
-        drift[name] = sc.drift_slope(vids, args.bootstrap, args.seed)
+        features = np.stack([video_features(v) for v in vids])
+        rows[name] = summarise(video_metrics(vids), features, real_features, args.bootstrap, args.seed)
+        curves[name] = error_curve(vids, args.max_length, args.bootstrap, args.seed)
+        drift[name] = drift_slope(vids, args.bootstrap, args.seed)
         rows[name]["drift_slope"] = drift[name]
 
     extra = {name: {"train steps": str(steps[name]),

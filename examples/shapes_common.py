@@ -7,21 +7,13 @@ with 4×4 patches (16 patch tokens + 1 rate token per frame), AdamW at 2e-3, 128
 They were chosen so a full run fits in 15–30 minutes on one CPU thread; with three shapes, 20
 frames or a lower rate, a 2500-3000-step model lost the shapes in most generated frames.
 
-Metrics, per generated video (see :func:`video_metrics`):
-
-* ``consistent``: the dataset checker's strict verdict (:func:`~flowception_ext.data.consistency`,
-  every frame within 0.3 px of the constant-velocity prediction and masses within 25 %). At the
-  model sizes that fit on a CPU it is close to 0 for every method, so it is reported but does not
-  rank anything;
-* ``median_error``: the median over frames of the checker's per-frame prediction error in pixels,
-  with missing shapes (``inf``) and larger errors clipped to the frame width;
-* ``frac_frames_le_1px``: the fraction of frames whose error is at most 1 px;
-* ``frechet``: a Fréchet distance between Gaussians fitted to simple per-video statistics
-  (:func:`video_features`: shape count, mass, speed, acceleration, mass variation, haze) of the
-  generated videos and of the held-out real videos they were conditioned on, after standardising
-  each statistic by the real videos' mean and spread. Lengths are left out (reported apart).
-
-Videos of fewer than 3 frames cannot be checked and count as failures (error = frame width).
+Metrics, per generated video: :func:`flowception_ext.eval.video_metrics` (``consistent``,
+``median_error``, ``frac_frames_le_1px``, ``length``) and ``frechet``, a Fréchet distance between
+Gaussians fitted to per-video motion statistics (:func:`flowception_ext.eval.video_features`) of
+the generated videos and of the held-out real videos they were conditioned on, after
+standardising each statistic by the real videos' mean and spread. Lengths are left out
+(reported apart). The strict ``consistent`` verdict is close to 0 for every method at the model
+sizes that fit on a CPU, so it is reported but does not rank anything.
 
 Every number comes with a percentile bootstrap 95 % interval over the videos. For the Fréchet
 distance, generated and real videos are resampled independently; resampling duplicates videos,
@@ -40,7 +32,7 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -48,15 +40,14 @@ from torch import Tensor
 
 import flowception_ext as fe
 from flowception_ext.checkpoint import save_tensors
-from flowception_ext.data import MovingShapes, consistency
-from flowception_ext.efficiency import count_flops
+from flowception_ext.data import MovingShapes
+from flowception_ext.costs import count_flops
 from flowception_ext.noising import NoisingConfig
 from flowception_ext.training import finished_checkpoint
 
 __all__ = [
     "make_parser", "parse_args", "setup", "datasets", "reference_videos", "model_config", "train_model", "train_flops_per_step",
-    "sample_flowception", "video_metrics", "video_features", "frechet_distance", "bootstrap_ci",
-    "summarise", "paired_difference", "error_curve", "drift_slope", "print_table", "fmt", "write_json", "Timer",
+    "sample_flowception", "print_table", "fmt", "write_json", "Timer",
     "save_samples", "pyplot", "finish_axes", "save_figure", "plot_frame_rows", "plot_metric_bars",
 ]
 
@@ -248,155 +239,6 @@ def sample_flowception(model: fe.FlowceptionDiT, contexts: list[fe.Context], *, 
 
 
 # ---- metrics ------------------------------------------------------------------------------
-
-
-def clipped_errors(video: Tensor) -> np.ndarray:
-    """Per-frame consistency error in pixels, ``inf`` (missing shape) and large values clipped to the
-    frame width. Videos of fewer than 3 frames cannot be checked (the checker scores them 0): they
-    get the cap on every frame, i.e. count as failures (the data has no such videos)."""
-    cap = float(video.shape[-1])
-    if video.shape[0] < 3:
-        return np.full(video.shape[0], cap)
-    errors = consistency(video).errors.numpy()
-    return np.minimum(np.nan_to_num(errors, nan=cap, posinf=cap), cap)
-
-
-def video_metrics(videos: Sequence[Tensor]) -> dict[str, np.ndarray]:
-    """Per-video arrays: strict verdict, median clipped error, fraction of frames within 1 px, length."""
-    out: dict[str, list] = {"consistent": [], "median_error": [], "frac_frames_le_1px": [], "length": []}
-    for v in videos:
-        result = consistency(v)
-        errors = clipped_errors(v)
-        out["consistent"].append(float(result.is_consistent and v.shape[0] >= 3))
-        out["median_error"].append(float(np.median(errors)))
-        out["frac_frames_le_1px"].append(float(np.mean(errors <= 1.0)))
-        out["length"].append(float(v.shape[0]))
-    return {k: np.asarray(v) for k, v in out.items()}
-
-
-FEATURES = ("shapes", "mass", "speed", "acceleration", "mass_variation", "haze")
-
-
-def video_features(video: Tensor) -> np.ndarray:
-    """Statistics of one ``[n, 3, H, W]`` video in ``[-1, 1]`` (see :data:`FEATURES`), averaged over its
-    shapes (one per channel): the number of channels holding a shape, the shape's mass (pixels),
-    its mean speed and acceleration (pixels/frame, from weighted centroids), the spread of its
-    mass over frames (relative) and the fraction of pixels that are neither background nor shape."""
-    x = ((video.detach().double().numpy() + 1) / 2).clip(0, 1)                 # (n, 3, H, W) intensity
-    n, _, h, w = x.shape
-    haze = float(((x > 0.15) & (x < 0.85)).mean())
-    weight = np.clip((x - 0.25) / 0.75, 0, 1)                                   # haze below 0.25 ignored
-    ys, xs = np.arange(h), np.arange(w)
-    stats = []
-    for c in range(3):
-        if x[:, c].max() < 0.5:
-            continue
-        mass = weight[:, c].sum((1, 2))                                         # (n,)
-        present = mass > 0.5
-        if not present.any():  # only faint traces in this channel: no shape
-            continue
-        safe = np.where(present, mass, 1.0)
-        centre = np.stack([weight[:, c].sum(1) @ xs, weight[:, c].sum(2) @ ys], 1) / safe[:, None]
-        step = np.diff(centre, axis=0)
-        both = present[1:] & present[:-1]
-        speed = np.linalg.norm(step[both], axis=1).mean() if both.any() else 0.0
-        both2 = both[1:] & both[:-1]
-        accel = np.linalg.norm(np.diff(step, axis=0)[both2], axis=1).mean() if both2.any() else 0.0
-        m = mass[present]
-        stats.append([m.mean(), speed, accel, m.std() / max(m.mean(), 1e-9)])
-    per_shape = np.mean(stats, axis=0) if stats else np.zeros(4)
-    return np.array([len(stats), *per_shape, haze])
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to the rows of ``a`` and ``b``:
-    ``|μa − μb|² + tr(Σa + Σb − 2 (Σa^½ Σb Σa^½)^½)``."""
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        raise ValueError("frechet_distance needs finite features")
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    vals, vecs = np.linalg.eigh(cov_a)
-    root_a = (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
-    cross = np.linalg.eigvalsh(root_a @ cov_b @ root_a)
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.sqrt(np.clip(cross, 0, None)).sum())
-
-
-def standardiser(real: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """Map features to units of the real videos' spread (constant features keep unit scale)."""
-    mean, std = real.mean(0), real.std(0)
-    std = np.where(std > 1e-9, std, 1.0)
-    return lambda f: (f - mean) / std
-
-
-def bootstrap_ci(stat: Callable[[np.ndarray], float], n: int, reps: int, rng: np.random.Generator,
-                 level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``stat(indices)`` over ``n`` items resampled with replacement."""
-    values = np.array([stat(rng.integers(0, n, n)) for _ in range(reps)])
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return math.nan, math.nan
-    tail = (1 - level) / 2 * 100
-    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
-
-
-def _entry(value: float, ci: tuple[float, float]) -> dict:
-    return {"value": float(value), "ci95": [float(ci[0]), float(ci[1])]}
-
-
-def summarise(per_video: dict[str, np.ndarray], features: np.ndarray, real_features: np.ndarray,
-              reps: int, seed: int) -> dict[str, dict]:
-    """Mean of each per-video metric and the Fréchet distance to the real features, each with a CI."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, values in per_video.items():
-        out[name] = _entry(values.mean(), bootstrap_ci(lambda i: values[i].mean(), len(values), reps, rng))
-    norm = standardiser(real_features)
-    gen, real = norm(features), norm(real_features)
-    value = frechet_distance(gen, real)
-    draws = [frechet_distance(gen[rng.integers(0, len(gen), len(gen))], real[rng.integers(0, len(real), len(real))])
-             for _ in range(reps)]
-    out["frechet"] = _entry(value, (float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))))
-    return out
-
-
-def paired_difference(a: np.ndarray, b: np.ndarray, reps: int, seed: int) -> dict:
-    """Mean of ``a − b`` over the same videos, with a paired bootstrap interval."""
-    diff = a - b
-    rng = np.random.default_rng(seed)
-    return _entry(diff.mean(), bootstrap_ci(lambda i: diff[i].mean(), len(diff), reps, rng))
-
-
-def error_curve(videos: Sequence[Tensor], max_index: int, reps: int, seed: int) -> dict[str, list]:
-    """Per frame index ``0..max_index-1``: the mean clipped error over the videos that have that frame,
-    its bootstrap interval (over those videos) and how many videos it averages."""
-    errors = [clipped_errors(v) for v in videos]
-    rng = np.random.default_rng(seed)
-    mean, lo, hi, count = [], [], [], []
-    for f in range(max_index):
-        values = np.array([e[f] for e in errors if e.shape[0] > f])
-        count.append(int(values.size))
-        if values.size == 0:
-            mean.append(math.nan), lo.append(math.nan), hi.append(math.nan)
-            continue
-        a, b = bootstrap_ci(lambda i: values[i].mean(), values.size, reps, rng)
-        mean.append(float(values.mean())), lo.append(a), hi.append(b)
-    return {"mean": mean, "ci95_low": lo, "ci95_high": hi, "videos": count}
-
-
-def drift_slope(videos: Sequence[Tensor], reps: int, seed: int, first: int = 2) -> dict:
-    """Least-squares slope (px per frame) of the clipped error against the frame index, pooled over
-    the videos' frames ``>= first`` (earlier frames are predicted backwards), bootstrap over videos."""
-    errors = [clipped_errors(v) for v in videos]
-
-    def slope(idx: np.ndarray) -> float:
-        f = np.concatenate([np.arange(first, errors[i].shape[0]) for i in idx])
-        e = np.concatenate([errors[i][first:] for i in idx])
-        if f.size < 2 or np.ptp(f) == 0:
-            return math.nan
-        return float(np.polyfit(f, e, 1)[0])
-
-    rng = np.random.default_rng(seed)
-    return _entry(slope(np.arange(len(errors))), bootstrap_ci(slope, len(errors), reps, rng))
 
 
 # ---- output -------------------------------------------------------------------------------

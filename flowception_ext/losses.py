@@ -1,4 +1,4 @@
-"""The Flowception training losses (SPEC §4): flow-matching velocity loss on flowing frames and
+"""The Flowception training losses (docs/algorithm.md §4): flow-matching velocity loss on flowing frames and
 Poisson insertion loss on insertable slots, both averaged over the whole batch."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ._utils import describe
 from .noising import TrainingState
 from .schedules import KappaScheduler, kappa_from_name
 
@@ -59,13 +60,13 @@ def flowception_loss(
     target = state.velocity_target
     if not isinstance(velocity, Tensor) or velocity.shape != target.shape:
         raise ValueError(f"velocity must have the shape of state.velocity_target {tuple(target.shape)}, "
-                         f"got {_shape(velocity)}")
+                         f"got {describe(velocity)}")
     if log_rate is not None and (not isinstance(log_rate, Tensor) or log_rate.shape != (target.shape[0],)):
-        raise ValueError(f"log_rate must be [N] = [{target.shape[0]}] (one per present frame), got {_shape(log_rate)}")
+        raise ValueError(f"log_rate must be [N] = [{target.shape[0]}] (one per present frame), got {describe(log_rate)}")
     if velocity_weight is not None and (not isinstance(velocity_weight, Tensor)
                                         or velocity_weight.shape != (target.shape[0],)):
         raise ValueError(f"velocity_weight must be [N] = [{target.shape[0]}] (one per present frame), "
-                         f"got {_shape(velocity_weight)}")
+                         f"got {describe(velocity_weight)}")
     for name, x in (("velocity", velocity), ("log_rate", log_rate), ("velocity_weight", velocity_weight)):
         if x is not None and not x.is_floating_point():
             raise TypeError(f"{name} must be a floating tensor, got {x.dtype}")
@@ -94,6 +95,3 @@ def flowception_loss(
 
     return LossOutput(total=l_vel + insertion_weight * l_ins, velocity=l_vel, insertion=l_ins)
 
-
-def _shape(x) -> str:
-    return f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__

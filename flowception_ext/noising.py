@@ -1,4 +1,4 @@
-"""Training states (SPEC §3): from clean videos to the partially inserted, partially denoised
+"""Training states (docs/algorithm.md §3): from clean videos to the partially inserted, partially denoised
 states the sampler meets, with the velocity and insertion-count targets.
 
 Per video, :func:`make_training_state`
@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ._utils import dataclass_from_dict
 from .ops import ragged_strip
+from .ops.reference import check_cu_seqlens
 from .packing import PackedVideos, times_dtype_for
 from .schedules import (KappaScheduler, LinearKappa, LogitNormalTime, TimeDistribution, kappa_from_name,
                         time_distribution_from_name)
@@ -43,7 +45,7 @@ _MAX_REDRAWS = 10_000  # P(no flowing frame) < 1 per draw, so this is never reac
 
 @dataclass(frozen=True)
 class NoisingConfig:
-    """How training states are drawn (SPEC §3).
+    """How training states are drawn (docs/algorithm.md §3).
 
     Attributes:
         tasks: probability of each task in :data:`TASKS` (missing names mean 0; must sum to 1):
@@ -53,7 +55,7 @@ class NoisingConfig:
         n_start: frames present from the start (>= 1): frame 0 when it is not context, plus
             ``n_start − 1`` further starting frames drawn uniformly among the non-context frames
             after frame 0 (all of them when there are fewer). So image-to-video with ``n_start = 1``
-            has no starting frame, as SPEC §3.1 reads, and ``s`` is redrawn until a frame flows.
+            has no starting frame, as docs/algorithm.md §3.1 reads, and ``s`` is redrawn until a frame flows.
         kappa: insertion scheduler κ (instance, name or ``to_dict()`` form).
         time_distribution: law of ``s`` in ``τ_g = s · τ_max`` (instance, name or dict).
         p_uncond: probability that a video's context (and label) is dropped, for guidance.
@@ -116,16 +118,12 @@ class NoisingConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "NoisingConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown NoisingConfig fields {unknown}; expected some of {sorted(names)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
 
 @dataclass
 class TrainingState:
-    """A noisy training state and its targets (SPEC §3). ``N`` present frames, ``N_clean`` frames
+    """A noisy training state and its targets (docs/algorithm.md §3). ``N`` present frames, ``N_clean`` frames
     in the clean batch, ``B`` videos.
 
     Attributes:
@@ -166,7 +164,7 @@ def make_training_state(
     generator: torch.Generator | None = None,
     config: NoisingConfig = NoisingConfig(),
 ) -> TrainingState:
-    """Draw a noisy training state from a batch of clean videos (SPEC §3).
+    """Draw a noisy training state from a batch of clean videos (docs/algorithm.md §3).
 
     Args:
         videos: the clean videos. Only ``frames`` and ``cu_seqlens`` are used: roles, times
@@ -175,7 +173,7 @@ def make_training_state(
         generator: source of all randomness (on the frames' device); the global one if ``None``.
         config: task mixture, ``n_start``, κ, law of ``s``, ``p_uncond``.
     """
-    _check_videos(videos)
+    check_training_videos(videos)
     dev = videos.frames.device
     cu, vid, lengths = videos.cu_seqlens, videos.video_index, videos.lengths
     row = torch.arange(videos.num_frames, device=dev)
@@ -194,7 +192,7 @@ def make_training_state(
 
     tau = tau_g[vid] - t_ins  # frame extended times
     present = tau >= 0  # start and context frames have t_ins = 0 <= τ_g
-    # SPEC §3.1: a context frame is insertable iff the next frame of the video exists and is not context.
+    # docs/algorithm.md §3.1: a context frame is insertable iff the next frame of the video exists and is not context.
     next_not_context = (pos < lengths[vid] - 1) & ~torch.roll(is_ctx, -1)
     insertable = ~is_ctx | next_not_context
     # Each deleted frame falls in the slot of the nearest present frame on its left (frame 0 is
@@ -236,19 +234,17 @@ def make_training_state(
 # ---- steps ---------------------------------------------------------------------------------
 
 
-def _check_videos(videos: PackedVideos) -> None:
+def check_training_videos(videos: PackedVideos) -> None:
+    """The clean batch a training state is drawn from: a :class:`PackedVideos` of at least one
+    video, each with at least one frame, and finite frames (ValueError/TypeError otherwise)."""
     if not isinstance(videos, PackedVideos):
         raise TypeError(f"videos must be a PackedVideos, got {type(videos).__name__}")
     if videos.num_videos == 0:
         raise ValueError("videos must hold at least one video (got an empty batch)")
-    cu = videos.cu_seqlens
-    if int(cu[0]) != 0 or int(cu[-1]) != videos.num_frames:
-        raise ValueError(f"videos.cu_seqlens must run from 0 to the number of frames ({videos.num_frames}), "
-                         f"got {cu.tolist()}")
+    check_cu_seqlens(videos.cu_seqlens, videos.num_frames)
     empty = (videos.lengths <= 0).nonzero().flatten().tolist()
     if empty:
-        raise ValueError(f"every video needs at least one frame; video(s) {empty[:10]} of the batch "
-                         f"have none (or cu_seqlens decreases there)")
+        raise ValueError(f"every video needs at least one frame; video(s) {empty[:10]} of the batch have none")
     # One cheap reduction; NaN and inf propagate through the sum (the full check only runs if not).
     if not torch.isfinite(videos.frames.sum()) and not torch.isfinite(videos.frames).all():
         raise ValueError("videos.frames must be finite (found NaN or inf)")
@@ -262,7 +258,7 @@ def _draw_tasks(config: NoisingConfig, lengths: Tensor, generator: torch.Generat
 
 def _draw_roles(config: NoisingConfig, task: Tensor, cu: Tensor, vid: Tensor, pos: Tensor, lengths: Tensor,
                 generator: torch.Generator | None) -> Tensor:
-    """Role of every frame (SPEC §3.1): context by task, frame 0, then ``n_start − 1`` starting frames."""
+    """Role of every frame (docs/algorithm.md §3.1): context by task, frame 0, then ``n_start − 1`` starting frames."""
     dev = vid.device
     n = lengths[vid]
     first, last = pos == 0, pos == n - 1
@@ -294,7 +290,7 @@ def _random_subset(eligible: Tensor, k: Tensor, cu: Tensor, vid: Tensor, generat
 
 def _draw_tau_g(dist: TimeDistribution, tau_max: Tensor, t_ins: Tensor, is_ctx: Tensor, vid: Tensor,
                 generator: torch.Generator | None) -> Tensor:
-    """``τ_g = s · τ_max``, redrawing ``s`` for the videos with no flowing frame (SPEC §3.3)."""
+    """``τ_g = s · τ_max``, redrawing ``s`` for the videos with no flowing frame (docs/algorithm.md §3.3)."""
     tau_g = dist.sample(tau_max.shape, generator=generator, device=tau_max.device) * tau_max
     for _ in range(_MAX_REDRAWS):
         tau = tau_g[vid] - t_ins

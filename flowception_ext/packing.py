@@ -15,7 +15,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ._utils import describe
 from .ops import ragged_insert, ragged_strip
+from .ops.reference import check_cu_seqlens
 
 __all__ = ["PackedVideos", "times_dtype_for"]
 
@@ -46,11 +48,11 @@ class PackedVideos:
     def __post_init__(self) -> None:
         # Cheap structural checks only (no device sync); validate() checks the values.
         if not isinstance(self.frames, Tensor) or self.frames.dim() != 4:
-            raise ValueError(f"frames must be a [N, C, H, W] tensor, got {_shape_of(self.frames)}")
+            raise ValueError(f"frames must be a [N, C, H, W] tensor, got {describe(self.frames)}")
         if not self.frames.is_floating_point():
             raise TypeError(f"frames must be a floating tensor, got {self.frames.dtype}")
         if not isinstance(self.cu_seqlens, Tensor) or self.cu_seqlens.dim() != 1 or self.cu_seqlens.numel() < 1:
-            raise ValueError(f"cu_seqlens must be a 1-D tensor [B+1], got {_shape_of(self.cu_seqlens)}")
+            raise ValueError(f"cu_seqlens must be a 1-D tensor [B+1], got {describe(self.cu_seqlens)}")
         if self.cu_seqlens.dtype != torch.int64:
             raise TypeError(f"cu_seqlens must be int64, got {self.cu_seqlens.dtype}")
         n = self.frames.shape[0]
@@ -61,7 +63,7 @@ class PackedVideos:
         ):
             t = getattr(self, name)
             if not isinstance(t, Tensor) or t.dim() != 1 or t.shape[0] != n:
-                raise ValueError(f"{name} must be a 1-D tensor with one entry per frame ({n}), got {_shape_of(t)}")
+                raise ValueError(f"{name} must be a 1-D tensor with one entry per frame ({n}), got {describe(t)}")
             if not dtype_ok(t):
                 raise TypeError(f"{name} must be {kind}, got {t.dtype}")
             if t.device != self.frames.device:
@@ -88,7 +90,7 @@ class PackedVideos:
             raise ValueError("frames must hold at least one video (got an empty list)")
         for i, f in enumerate(frames):
             if not isinstance(f, Tensor) or f.dim() != 4:
-                raise ValueError(f"frames[{i}] must be a [n, C, H, W] tensor, got {_shape_of(f)}")
+                raise ValueError(f"frames[{i}] must be a [n, C, H, W] tensor, got {describe(f)}")
             if f.shape[1:] != frames[0].shape[1:]:
                 raise ValueError(f"frames[{i}] has frame shape {tuple(f.shape[1:])}, but frames[0] has {tuple(frames[0].shape[1:])}")
         lengths = [f.shape[0] for f in frames]
@@ -104,7 +106,7 @@ class PackedVideos:
                 raise ValueError(f"{name} must have one entry per video ({len(frames)}), got {len(values)}")
             for i, (v, n) in enumerate(zip(values, lengths)):
                 if not isinstance(v, Tensor) or v.shape != (n,):
-                    raise ValueError(f"{name}[{i}] must be a [{n}] tensor (one entry per frame of video {i}), got {_shape_of(v)}")
+                    raise ValueError(f"{name}[{i}] must be a [{n}] tensor (one entry per frame of video {i}), got {describe(v)}")
             return torch.cat([v.to(device) for v in values])
 
         packed = torch.cat(frames)
@@ -261,13 +263,7 @@ class PackedVideos:
 
     def validate(self) -> "PackedVideos":
         """Check every invariant (reads values, so it syncs); returns self. Raises ValueError naming the field."""
-        cu = self.cu_seqlens.tolist()
-        if cu[0] != 0:
-            raise ValueError(f"cu_seqlens must start at 0, got {cu[0]}")
-        if any(b < a for a, b in zip(cu, cu[1:])):
-            raise ValueError(f"cu_seqlens must be non-decreasing, got {cu}")
-        if cu[-1] != self.num_frames:
-            raise ValueError(f"cu_seqlens must end at the number of frames ({self.num_frames}), got {cu[-1]}")
+        check_cu_seqlens(self.cu_seqlens, self.num_frames)
         if torch.isnan(self.times).any() or (self.times < 0).any() or (self.times > 1).any():
             raise ValueError("times must lie in [0, 1] (no NaN)")
         if (self.is_context & (self.times != 1)).any():
@@ -280,6 +276,3 @@ class PackedVideos:
         return (f"PackedVideos(num_videos={self.num_videos}, lengths={self.lengths.tolist()}, "
                 f"frame_shape={self.frame_shape}, dtype={self.frames.dtype}, device={self.frames.device})")
 
-
-def _shape_of(x) -> str:
-    return f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else f"{type(x).__name__}"

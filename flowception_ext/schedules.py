@@ -1,4 +1,4 @@
-"""Insertion schedulers κ and global-time distributions (SPEC §2, §3).
+"""Insertion schedulers κ and global-time distributions (docs/algorithm.md §2, §3).
 
 ``κ(t)`` is the probability that a non-starting frame is already present at global time ``t``;
 its hazard ``ρ(t) = κ'(t) / (1 - κ(t))`` drives insertions in the sampler and ``κ⁻¹`` draws
@@ -151,7 +151,7 @@ def kappa_from_name(spec: str | dict | KappaScheduler) -> KappaScheduler:
 
 
 class TimeDistribution(ABC):
-    """A distribution on [0, 1] for the fraction ``s`` in ``τ_g = s · τ_max`` (SPEC §3.3)."""
+    """A distribution on [0, 1] for the fraction ``s`` in ``τ_g = s · τ_max`` (docs/algorithm.md §3.3)."""
 
     name: str
 

@@ -44,7 +44,8 @@ from .checkpoint import atomic_directory, load_json, load_tensors, save_json, sa
 from .data import FrameBudgetBatchSampler, collate_videos
 from .losses import flowception_loss
 from .model import FlowceptionDiT
-from .model.config import FlowceptionConfig, dataclass_from_dict
+from ._utils import dataclass_from_dict
+from .model.config import FlowceptionConfig
 from .noising import NoisingConfig, TrainingState, make_training_state
 from .packing import PackedVideos
 
@@ -151,7 +152,7 @@ def _baseline_objective(make_state):
 
 
 def _objectives() -> dict[str, Callable]:
-    from .baselines.training import make_autoregressive_state, make_full_sequence_state
+    from .baselines import make_autoregressive_state, make_full_sequence_state
     return {
         "flowception": _flowception_objective,
         "full_sequence": _baseline_objective(make_full_sequence_state),

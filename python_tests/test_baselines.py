@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flowception_ext.baselines import sample_autoregressive, sample_full_sequence
+from flowception_ext.sampling import Context, SampleOutput, sample_autoregressive, sample_full_sequence
 from test_model import make_model
 
 
@@ -21,7 +21,7 @@ def test_kv_cache_matches_recomputation(window):
         assert a.shape == (5, 2, 4, 6)
         assert torch.equal(a[:1], c)
         assert (a - b).abs().max() <= 1e-5
-    assert cached.frame_evaluations < recomputed.frame_evaluations
+    assert cached.num_frame_evals < recomputed.num_frame_evals
 
 
 def test_autoregressive_bidirectional_and_unconditional():
@@ -38,7 +38,7 @@ def test_full_sequence_lengths_and_context():
     out = sample_full_sequence(model, ctx, num_frames=6, steps=4, progress=False)
     assert [v.shape for v in out.videos] == [torch.Size([6, 2, 4, 6])] * 2
     assert torch.equal(out.videos[0][:1], ctx[0]) and torch.equal(out.videos[1][:2], ctx[1])
-    assert out.model_evaluations == 4
+    assert out.num_model_evals == 4
 
 
 def test_per_video_generators_make_videos_batch_independent():
@@ -55,12 +55,16 @@ def test_bad_input():
     model = make_model(rate_head=False)
     with pytest.raises(ValueError, match="steps"):
         sample_full_sequence(model, num_videos=1, num_frames=3, steps=0)
-    with pytest.raises(ValueError, match="context\\[0\\]"):
+    with pytest.raises(ValueError, match="context frames of video 0 have shape"):
         sample_full_sequence(model, [torch.randn(1, 3, 4, 6)], num_frames=3)
+    with pytest.raises(ValueError, match="more than num_frames"):
+        sample_full_sequence(model, [torch.randn(4, 2, 4, 6)], num_frames=3)
+    with pytest.raises(ValueError, match="must be a prefix"):
+        sample_full_sequence(model, Context.interpolate(torch.randn(2, 2, 4, 6)), num_frames=3)
     with pytest.raises(ValueError, match="same number of context"):
         sample_autoregressive(model, [torch.randn(1, 2, 4, 6), torch.randn(2, 2, 4, 6)], num_frames=3)
     with pytest.raises(ValueError, match="num_videos"):
-        sample_full_sequence(model, num_frames=3)
+        sample_full_sequence(model, num_frames=3, num_videos=0)
 
 
 class FakeCudaGenerator(torch.Generator):
@@ -131,3 +135,44 @@ def test_cuda_baselines_with_a_cpu_generator_match_the_cpu():
     tasks = [make_full_sequence_state(videos.to("cuda"), generator=torch.Generator(device="cuda").manual_seed(2),
                                       config=config).task for _ in range(2)]
     assert torch.equal(tasks[0], tasks[1])
+
+
+@pytest.mark.parametrize("sampler", ["full_sequence", "autoregressive"])
+def test_one_convention_context_callback_output(sampler):
+    """The baselines take a Context like sample() does, call back after every step and return a SampleOutput."""
+    model = make_model(attention="causal" if sampler == "autoregressive" else "bidirectional", rate_head=False)
+    run = sample_full_sequence if sampler == "full_sequence" else sample_autoregressive
+    steps = {"steps": 3} if sampler == "full_sequence" else {"steps_per_frame": 3}
+    image = torch.randn(2, 4, 6, generator=torch.Generator().manual_seed(4))
+    kw = dict(num_frames=4, num_videos=2, progress=False, **steps)
+    with_context = run(model, Context.image_to_video(image), generator=torch.Generator().manual_seed(0), **kw)
+    with_tensors = run(model, [image[None], image[None]], generator=torch.Generator().manual_seed(0), **kw)
+    assert isinstance(with_context, SampleOutput) and with_context.completed
+    assert all(torch.equal(a, b) for a, b in zip(with_context.videos, with_tensors.videos))
+    for video, flags, start in zip(with_context.videos, with_context.is_context, with_context.insert_step):
+        assert torch.equal(video[0], image) and flags.tolist() == [True, False, False, False]
+        assert start.shape == (4,) and start[0] == -1
+    assert with_context.num_model_evals > 0 and with_context.num_frame_evals >= with_context.num_model_evals
+
+    seen = []
+
+    def stop_after_two(step, state):
+        seen.append((step, state.videos.num_videos, bool(state.finished.any())))
+        return step == 1
+
+    stopped = run(model, Context.image_to_video(image), callback=stop_after_two, **kw)
+    assert not stopped.completed and stopped.num_steps == 2 and [s[0] for s in seen] == [0, 1]
+    assert all(n == 2 and finished for _, n, finished in seen)  # the context frame is final from the start
+    with pytest.raises(TypeError, match="callback"):
+        run(model, callback=3, **kw)
+
+
+def test_old_import_path_still_works_with_a_warning():
+    import flowception_ext.baselines as baselines
+
+    with pytest.warns(DeprecationWarning, match="moved to flowception_ext.sampling"):
+        assert baselines.sample_full_sequence is sample_full_sequence
+    with pytest.warns(DeprecationWarning):
+        assert baselines.BaselineOutput is SampleOutput
+    with pytest.raises(AttributeError):
+        baselines.sample_nothing  # noqa: B018

@@ -14,10 +14,10 @@ from safetensors.torch import save_file
 
 from flowception_ext import PackedVideos
 from flowception_ext.data import (FrameBudgetBatchSampler, MovingShapes, TensorFolder, ToyColoring, VideoFolder,
-                                  check_manifold, check_manifold_batch, collate_videos, consistency,
-                                  fit_stride_offsets, frame_ring_misfit, is_consistent, is_on_manifold,
-                                  ring_offsets)
-from flowception_ext.data.toy import _RING_X, _RING_Y
+                                  collate_videos)
+from flowception_ext.data.toy import RING_COLS, RING_ROWS
+from flowception_ext.eval import (check_manifold, check_manifold_batch, consistency, fit_stride_offsets,
+                                  frame_ring_misfit, is_consistent, is_on_manifold, ring_offsets)
 
 # ---- ToyColoring ---------------------------------------------------------------------------
 
@@ -174,8 +174,8 @@ def test_toy_wrong_stride_direction_and_length_reported_separately():
         assert "stride 0 not allowed" in check_manifold(frozen).reason
     clockwise = ToyColoring(40, seed=6, strides=(1,), directions=(1,))
     v = clockwise[0]
-    assert clockwise.check(v).stride == 1 and check_manifold(v.flip(0)).stride == -1
-    assert "stride -1 not allowed" in clockwise.check(v.flip(0)).reason   # direction not in the data
+    assert check_manifold(v, **clockwise.rules).stride == 1 and check_manifold(v.flip(0)).stride == -1
+    assert "stride -1 not allowed" in check_manifold(v.flip(0), **clockwise.rules).reason   # direction not in the data
     # Length: frames fine, length not allowed; is_on_manifold can ignore the length.
     result = check_manifold(v[:12])
     assert result.frames_ok and not result.length_ok and not result.on_manifold and "length 12" in result.reason
@@ -192,8 +192,8 @@ def test_toy_checker_degenerate_inputs():
 
 def test_toy_ring_layout_is_clockwise():
     # The ring visits each border pixel once, clockwise (right along the top row first).
-    assert len(set(zip(_RING_Y.tolist(), _RING_X.tolist()))) == 8 and (1, 1) not in set(zip(_RING_Y, _RING_X))
-    assert (_RING_Y[1], _RING_X[1]) == (0, 1) and (_RING_Y[3], _RING_X[3]) == (1, 2)
+    assert len(set(zip(RING_ROWS.tolist(), RING_COLS.tolist()))) == 8 and (1, 1) not in set(zip(RING_ROWS, RING_COLS))
+    assert (RING_ROWS[1], RING_COLS[1]) == (0, 1) and (RING_ROWS[3], RING_COLS[3]) == (1, 2)
 
 
 # ---- MovingShapes ----------------------------------------------------------------------------
@@ -510,16 +510,16 @@ def test_toy_rotation_motion_turns_once_and_tells_the_length():
     ds = ToyColoring(num_videos=60, seed=3, motion="rotation")
     for i in range(60):
         video = ds[i]
-        check = ds.check(video)
+        check = check_manifold(video, **ds.rules)
         assert check.on_manifold, check.reason
         # one full turn: the frame after the last would equal the first
         assert not torch.allclose(video[0], video[1])
     video = ds[0]
-    assert not ds.check(video[:-3]).frames_ok  # the speed of n frames, cut short: off the manifold
-    assert not ds.check(video[torch.randperm(video.shape[0], generator=torch.Generator().manual_seed(0))]).frames_ok
-    assert not ds.check(torch.cat([video[:5], video[6:]])).frames_ok  # a frame missing
+    assert not check_manifold(video[:-3], **ds.rules).frames_ok  # the speed of n frames, cut short: off the manifold
+    assert not check_manifold(video[torch.randperm(video.shape[0], generator=torch.Generator().manual_seed(0))], **ds.rules).frames_ok
+    assert not check_manifold(torch.cat([video[:5], video[6:]]), **ds.rules).frames_ok  # a frame missing
     noisy = video + 0.03 * torch.randn(video.shape, generator=torch.Generator().manual_seed(1))
-    assert ds.check(noisy).frames_ok
-    assert not ToyColoring(num_videos=5, seed=3).check(video).frames_ok  # stride rules reject it
+    assert check_manifold(noisy, **ds.rules).frames_ok
+    assert not check_manifold(video, **ToyColoring(num_videos=5, seed=3).rules).frames_ok  # stride rules reject it
     with pytest.raises(ValueError, match="motion"):
         ToyColoring(motion="spin")

@@ -1,4 +1,4 @@
-"""Flowception losses (SPEC §4): hand-computed values, batch-level reductions, the Poisson
+"""Flowception losses (docs/algorithm.md §4): hand-computed values, batch-level reductions, the Poisson
 gradient, hazard weighting, empty sets and bad input."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Training states (SPEC §3): structure against a per-video reference, exact noising, and the
+"""Training states (docs/algorithm.md §3): structure against a per-video reference, exact noising, and the
 statistics of roles, insertion times, presence and τ_g against their analytic laws.
 
 Statistical tests use >= 10⁴ videos, fixed seeds and bounds of >= 4.5 standard errors (or
@@ -110,7 +110,7 @@ def test_bad_videos():
 
 
 def reference_targets(roles, t_ins, tau_g):
-    """SPEC §3 for one video, frame by frame: present, insertable, K, t, flowing."""
+    """docs/algorithm.md §3 for one video, frame by frame: present, insertable, K, t, flowing."""
     n = len(roles)
     present = [tau_g - t >= 0 for t in t_ins]
     insertable = [r != ROLE_CONTEXT or (i + 1 < n and roles[i + 1] != ROLE_CONTEXT) for i, r in enumerate(roles)]
@@ -142,7 +142,7 @@ def test_structure_matches_reference(kappa, n_start):
     for b, (roles, t_ins) in enumerate(zip(roles_v, t_ins_v)):
         roles, t_ins, n = roles.tolist(), t_ins.tolist(), len(roles)
         tau_g, task = float(state.tau_g[b]), int(state.task[b])
-        # Roles (SPEC §3.1).
+        # Roles (docs/algorithm.md §3.1).
         ctx = [i for i, r in enumerate(roles) if r == ROLE_CONTEXT]
         assert roles[0] in (ROLE_START, ROLE_CONTEXT)
         if n == 1:

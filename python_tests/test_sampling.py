@@ -1,4 +1,4 @@
-"""The Flowception sampler (SPEC §6), tested with stub models."""
+"""The Flowception sampler (docs/algorithm.md §6), tested with stub models."""
 
 from __future__ import annotations
 
@@ -516,7 +516,7 @@ def test_sampling_runs_on_the_model_device_with_a_cpu_generator():
 
 
 def test_sampling_device_and_dtype_resolution():
-    from flowception_ext.sampling import _device_and_dtype
+    from flowception_ext.sampling.common import device_and_dtype as _device_and_dtype
 
     meta, cpu = torch.device("meta"), torch.device("cpu")
     context = Context.extend(keyframes(2).double())

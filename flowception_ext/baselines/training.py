@@ -1,4 +1,4 @@
-"""Training states of the baselines (SPEC §8), in the same :class:`TrainingState` form as
+"""Training states of the baselines (docs/algorithm.md §8), in the same :class:`TrainingState` form as
 Flowception's so the same loss and trainer serve them (their insertion targets are all 0 and
 unused: the baselines have no rate head).
 
@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from .. import _devices
-from ..noising import ROLE_CONTEXT, ROLE_FREE, ROLE_START, TASKS, NoisingConfig, TrainingState
+from ..noising import (ROLE_CONTEXT, ROLE_FREE, ROLE_START, TASKS, NoisingConfig, TrainingState,
+                       check_training_videos)
 from ..packing import PackedVideos
 
 __all__ = ["make_full_sequence_state", "make_autoregressive_state"]
@@ -102,10 +103,7 @@ def make_autoregressive_state(videos: PackedVideos, *, generator: torch.Generato
 
 
 def _check(videos: PackedVideos, generator: torch.Generator | None) -> None:
-    if not isinstance(videos, PackedVideos):
-        raise TypeError(f"videos must be a PackedVideos, got {type(videos).__name__}")
+    check_training_videos(videos)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     _devices.check_generators(generator, videos.frames.device, videos.num_videos, user="the frames are")
-    if videos.num_videos == 0 or bool((videos.lengths < 1).any()):
-        raise ValueError(f"every video needs at least one frame, got lengths {videos.lengths.tolist()}")

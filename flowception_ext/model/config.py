@@ -7,15 +7,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["FlowceptionConfig", "PRESETS", "dataclass_from_dict"]
+from .._utils import dataclass_from_dict
+
+__all__ = ["FlowceptionConfig", "PRESETS"]
 
 
-def dataclass_from_dict(cls, data: dict[str, Any]):
-    """``cls(**data)``, refusing unknown fields by name (configs read back from JSON)."""
-    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields {unknown}")
-    return cls(**data)
 
 # name -> (depth, hidden_size, num_heads). "paper" is the size of the paper's video models
 # (38 blocks, width 1536, 24 heads): constructible, not trained here.

@@ -1,4 +1,4 @@
-"""FlowceptionDiT: a DiT over packed frame tokens (SPEC §5).
+"""FlowceptionDiT: a DiT over packed frame tokens (docs/algorithm.md §5).
 
 Every frame is patchified into ``L`` tokens plus one learnable **rate token** (``P = L + 1``
 tokens per frame, rate token last). A per-frame conditioning vector (time embedding, plus a

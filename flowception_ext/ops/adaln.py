@@ -1,4 +1,4 @@
-"""Per-frame AdaLN on packed tokens: modulated LayerNorm and gated residual (SPEC §5).
+"""Per-frame AdaLN on packed tokens: modulated LayerNorm and gated residual (docs/algorithm.md §5).
 
 Tokens are rows of ``x [T, D]``; token ``t`` belongs to frame ``t // tokens_per_frame`` and
 per-frame vectors (``shift``, ``scale``, ``gate``) are ``[F, D]`` with ``F = T / tokens_per_frame``.

@@ -1,4 +1,4 @@
-"""The Flowception sampler (SPEC §6): coupled denoising and frame insertion on packed, growing batches.
+"""The Flowception sampler (docs/algorithm.md §6): coupled denoising and frame insertion on packed, growing batches.
 
 Every step evaluates the model on the packed batch, moves each flowing frame along its flow
 (Euler in the solver coordinate ``u``, ``t = u^γ``) and, while the global time ``t_g < 1``,
@@ -17,28 +17,20 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from . import _devices
-from .io import _as_frames
-from .packing import PackedVideos
-from .schedules import KappaScheduler, kappa_from_name
+from .. import _devices
+from .._utils import check_int, describe
+from ..packing import PackedVideos
+from ..schedules import KappaScheduler, kappa_from_name
+from .common import (Callback, Context, Randomness, SampleHistory, SampleOutput, SamplerState, check_callback,
+                     check_contexts, check_labels, device_and_dtype, eval_mode, resolve_frame_shape)
 
-__all__ = [
-    "Context",
-    "SampleHistory",
-    "SampleOutput",
-    "SamplerState",
-    "guided_prediction",
-    "sample",
-    "INSERTION_MODES",
-    "ORDERS",
-]
+__all__ = ["INSERTION_MODES", "ORDERS", "guided_prediction", "sample"]
 
 INSERTION_MODES = ("bernoulli", "poisson")
 ORDERS = ("learned", "random", "hierarchical", "left_to_right")
@@ -47,139 +39,6 @@ ORDERS = ("learned", "random", "hierarchical", "left_to_right")
 # "never insert" model), and e^30 frames per slot already exceeds any video while keeping
 # Poisson draws finite.
 _LOG_RATE_MIN, _LOG_RATE_MAX = -1000.0, 30.0
-
-
-# ---- context -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)  # eq=False: comparing tensors field by field is ambiguous
-class Context:
-    """Clean frames given for one video, in order, with their ``insertable`` flags.
-
-    ``insertable[i]`` allows new frames in the slot right of frame ``i``. SPEC §3.1's rule: a given
-    frame is insertable iff frames may be missing between it and the next given frame (or after it,
-    for the last one). The constructor takes any flags; the helpers build the common tasks.
-
-    Args:
-        frames: ``[n, C, H, W]`` tensor or a sequence of ``[C, H, W]`` tensors (n >= 1).
-        insertable: bool ``[n]`` tensor or a sequence of bools.
-    """
-
-    frames: Tensor
-    insertable: Tensor
-
-    def __post_init__(self) -> None:
-        frames = _as_frames(self.frames, "context frames", 1)
-        if not frames.is_floating_point():
-            raise TypeError(f"context frames must be floating, got {frames.dtype}")
-        insertable = torch.as_tensor(self.insertable, device=frames.device)
-        if insertable.dtype != torch.bool or insertable.shape != (frames.shape[0],):
-            raise ValueError(f"insertable must be {frames.shape[0]} bools (one per context frame), "
-                             f"got {insertable.dtype} of shape {tuple(insertable.shape)}")
-        object.__setattr__(self, "frames", frames)
-        object.__setattr__(self, "insertable", insertable)
-
-    @classmethod
-    def image_to_video(cls, image: Tensor) -> "Context":
-        """Image-to-video: the image (``[C, H, W]`` or ``[1, C, H, W]``) is the first frame; frames follow it."""
-        frames = image[None] if isinstance(image, Tensor) and image.dim() == 3 else image
-        if not isinstance(frames, Tensor) or frames.dim() != 4 or frames.shape[0] != 1:
-            raise ValueError(f"image must be [C, H, W] or [1, C, H, W], got {_describe(image)}")
-        return cls(frames, torch.ones(1, dtype=torch.bool))
-
-    @classmethod
-    def interpolate(cls, keyframes: Tensor | Sequence[Tensor]) -> "Context":
-        """Interpolation between keyframes (``[k, C, H, W]``, k >= 2): frames may be inserted between
-        consecutive keyframes; the last keyframe is passive (it ends the video)."""
-        frames = _as_frames(keyframes, "keyframes", 2)
-        return cls(frames, torch.arange(frames.shape[0]) < frames.shape[0] - 1)
-
-    @classmethod
-    def extend(cls, video: Tensor | Sequence[Tensor]) -> "Context":
-        """Video extension: the given frames (``[n, C, H, W]``) stay as they are (all passive) and new
-        frames are generated after the last one."""
-        frames = _as_frames(video, "video", 1)
-        return cls(frames, torch.arange(frames.shape[0]) == frames.shape[0] - 1)
-
-    @property
-    def frame_shape(self) -> tuple[int, int, int]:
-        return tuple(self.frames.shape[1:])  # type: ignore[return-value]
-
-    def __len__(self) -> int:
-        return self.frames.shape[0]
-
-
-# ---- outputs -------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class SampleHistory:
-    """Per step: the global time reached (``t_g [S]``) and the video lengths after the step (``lengths [S, B]``)."""
-
-    t_g: Tensor
-    lengths: Tensor
-
-
-@dataclass(eq=False)
-class SampleOutput:
-    """The result of :func:`sample`.
-
-    Attributes:
-        videos: per video, its frames ``[n_i, C, H, W]``.
-        insert_step: per video, int64 ``[n_i]``: the step (0-based) during which each frame was
-            inserted; ``-1`` for the frames present from the start (context and starting frames).
-        insert_time: per video, float64 ``[n_i]``: the global time ``t_g`` of that step (``step · h``);
-            0 for the frames present from the start.
-        is_context: per video, bool ``[n_i]``: the frame was given as context.
-        max_frames_hit: per video, whether ``max_frames`` discarded at least one drawn insertion.
-        num_model_evals: forward passes of the model (2 per step with guidance).
-        num_steps: sampler steps taken.
-        completed: False if the callback stopped the sampler early (frames may then be noisy).
-        history: with ``return_history=True``, the global time and the lengths after every step.
-    """
-
-    videos: list[Tensor]
-    insert_step: list[Tensor]
-    insert_time: list[Tensor]
-    is_context: list[Tensor]
-    max_frames_hit: list[bool]
-    num_model_evals: int
-    num_steps: int
-    completed: bool
-    history: SampleHistory | None = None
-
-    @property
-    def lengths(self) -> list[int]:
-        return [v.shape[0] for v in self.videos]
-
-
-@dataclass(frozen=True, eq=False)
-class SamplerState:
-    """What ``callback(step, state)`` sees after each step.
-
-    Attributes:
-        step: index of the step just taken (0-based).
-        t_g: global time after the step.
-        videos: the packed batch (frames, local times, flags, ``cu_seqlens``).
-        finished: bool ``[N]``: final frames: clean (``t = 1``, context frames included) and with
-            nothing left to insert before them — insertions have ended (``t_g = 1``), or no frame
-            before them in their video is insertable (e.g. the passive prefix of an extension).
-            Stream a video by emitting its longest finished prefix as it grows.
-        insert_step, insert_time: per frame, as in :class:`SampleOutput` (packed).
-        max_frames_hit: bool ``[B]``.
-    """
-
-    step: int
-    t_g: float
-    videos: PackedVideos
-    finished: Tensor
-    insert_step: Tensor
-    insert_time: Tensor
-    max_frames_hit: Tensor
-
-    @property
-    def insertions_ended(self) -> bool:
-        return self.t_g >= 1.0
 
 
 # ---- guidance ------------------------------------------------------------------------------
@@ -212,49 +71,16 @@ def guided_prediction(
 def _predict(model: nn.Module, videos: PackedVideos, labels: Tensor | None) -> tuple[Tensor, Tensor]:
     out = model(videos, labels=labels)
     if not isinstance(out, (tuple, list)) or len(out) != 2:
-        raise TypeError(f"the model must return (velocity, log_rate), got {_describe(out)}")
+        raise TypeError(f"the model must return (velocity, log_rate), got {describe(out)}")
     velocity, log_rate = out
     n = videos.num_frames
     if not isinstance(velocity, Tensor) or velocity.shape != videos.frames.shape:
-        raise ValueError(f"the model returned a velocity of {_describe(velocity)}, expected shape {tuple(videos.frames.shape)}")
+        raise ValueError(f"the model returned a velocity of {describe(velocity)}, expected shape {tuple(videos.frames.shape)}")
     if not isinstance(log_rate, Tensor) or log_rate.shape != (n,):
-        raise ValueError(f"the model returned a log_rate of {_describe(log_rate)}, expected shape ({n},)")
+        raise ValueError(f"the model returned a log_rate of {describe(log_rate)}, expected shape ({n},)")
     if not (log_rate < math.inf).all():  # NaN or +inf; -inf (rate 0) is fine
         raise ValueError("the model returned NaN or +inf log-rates")
     return velocity, log_rate.double().clamp(_LOG_RATE_MIN, _LOG_RATE_MAX)
-
-
-# ---- randomness ----------------------------------------------------------------------------
-
-
-class _Randomness:
-    """One generator for the whole batch, or one per video.
-
-    With one generator per video, every draw for video ``b`` (starting noise, insertion draws, the
-    noise of its new frames, the fixed-order schedules) comes from ``generators[b]`` and its amount
-    depends only on that video's own state, so a video is the same whatever batch it is sampled in.
-    With a single generator, draws are made for the whole packed batch at once and the noise of new
-    frames comes from the ``ragged_insert`` kernel (keyed by a seed drawn from the generator).
-    Numbers are drawn on each generator's device and moved to the sampling device (see
-    :mod:`flowception_ext._devices`).
-    """
-
-    def __init__(self, generator: torch.Generator | Sequence[torch.Generator] | None, num_videos: int,
-                 device: torch.device):
-        checked = _devices.check_generators(generator, device, num_videos)
-        self.shared: torch.Generator | None = checked if not isinstance(checked, list) else None
-        self.per_video: list[torch.Generator] | None = checked if isinstance(checked, list) else None
-
-    def for_video(self, b: int) -> torch.Generator | None:
-        return self.shared if self.per_video is None else self.per_video[b]
-
-    def draw(self, fn: Callable[..., Tensor], lengths: list[int], *packed: Tensor) -> Tensor:
-        """``fn(n, generator, *slices)`` over the batch: once with the shared generator, or per video
-        (``packed`` tensors split by ``lengths``) with each video's generator, concatenated."""
-        if self.per_video is None:
-            return fn(sum(lengths), self.shared, *packed)
-        parts = [t.split(lengths) for t in packed]
-        return torch.cat([fn(n, g, *(p[b] for p in parts)) for b, (n, g) in enumerate(zip(lengths, self.per_video))])
 
 
 # ---- fixed insertion orders (Table 2 ablation) --------------------------------------------
@@ -275,7 +101,7 @@ class _FixedOrder:
     """
 
     def __init__(self, order: str, insertable: list[list[bool]], target_length: int, steps: int,
-                 kappa: KappaScheduler, rng: _Randomness):
+                 kappa: KappaScheduler, rng: Randomness):
         self.present: list[list[int]] = []  # per video: sorted final positions of the present frames
         self.pending: list[dict[int, list[int]]] = []  # per video: step -> final positions revealed then
         for b, flags in enumerate(insertable):
@@ -360,10 +186,10 @@ def sample(
     target_length: int | None = None,
     frame_shape: tuple[int, int, int] | None = None,
     progress: bool = True,
-    callback: Callable[[int, SamplerState], bool | None] | None = None,
+    callback: Callback | None = None,
     return_history: bool = False,
 ) -> SampleOutput:
-    """Generate videos with Flowception (SPEC §6).
+    """Generate videos with Flowception (docs/algorithm.md §6).
 
     Devices and randomness: sampling runs on the model's device (its first parameter or buffer; for
     a model without tensors, the context's device, else the CPU). Contexts and labels are moved there,
@@ -420,9 +246,9 @@ def sample(
     Returns:
         :class:`SampleOutput`.
     """
-    contexts, num_videos = _check_context(context, num_videos)
-    _check_int("steps", steps, 1)
-    _check_int("n_start", n_start, 0)
+    contexts, num_videos = check_contexts(context, num_videos)
+    check_int("steps", steps, 1)
+    check_int("n_start", n_start, 0)
     if insertion not in INSERTION_MODES:
         raise ValueError(f"insertion must be one of {INSERTION_MODES}, got {insertion!r}")
     if order not in ORDERS:
@@ -432,17 +258,14 @@ def sample(
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     if not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma <= 0:
         raise ValueError(f"gamma must be a finite number > 0, got {gamma!r}")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable, got {_describe(callback)}")
+    check_callback(callback)
     kappa = kappa_from_name(kappa)
-    shape = _resolve_frame_shape(model, contexts, frame_shape)
-    device, dtype = _device_and_dtype(model, contexts)
-    if labels is not None and (not isinstance(labels, Tensor) or labels.dim() < 1 or labels.shape[0] != num_videos):
-        raise ValueError(f"labels must be a tensor with one entry per video ({num_videos}), got {_describe(labels)}")
-    labels = None if labels is None else labels.to(device)
+    shape = resolve_frame_shape(model, contexts, frame_shape)
+    device, dtype = device_and_dtype(model, contexts)
+    labels = check_labels(labels, num_videos, device)
 
     _check_lengths(contexts, n_start, max_frames, order, target_length)
-    rng = _Randomness(generator, num_videos, device)
+    rng = Randomness(generator, num_videos, device)
 
     videos = _initial_batch(contexts, n_start, shape, device, dtype, rng)
     ages = torch.where(videos.is_context, steps, 0)  # flow steps taken; u = ages / steps
@@ -453,12 +276,10 @@ def sample(
              _FixedOrder(order, [f.tolist() for f in videos.split(videos.insertable)], target_length, steps, kappa, rng))
 
     h = 1.0 / steps
-    step, evals, completed = 0, 0, True
+    step, evals, frame_evals, completed = 0, 0, 0, True
     history_t, history_len = [], []
-    was_training = model.training
-    model.eval()
     bar = tqdm(total=2 * steps, disable=not progress, desc="flowception", leave=False)
-    try:
+    with eval_mode(model), bar:
         while True:
             t_g = step * h
             inserting = step < steps
@@ -466,6 +287,7 @@ def sample(
                 break
             v, log_rate, passes = guided_prediction(model, videos, labels, rate_guidance, velocity_guidance)
             evals += passes
+            frame_evals += passes * videos.num_frames
 
             videos, ages = _flow_step(videos, ages, v, steps, gamma)
 
@@ -500,9 +322,6 @@ def sample(
                 if callback(step - 1, state) is True:
                     completed = False
                     break
-    finally:
-        bar.close()
-        model.train(was_training)
 
     history = None
     if return_history:
@@ -514,6 +333,7 @@ def sample(
         is_context=videos.split(videos.is_context),
         max_frames_hit=hit.tolist(),
         num_model_evals=evals,
+        num_frame_evals=frame_evals,
         num_steps=step,
         completed=completed,
         history=history,
@@ -521,10 +341,9 @@ def sample(
 
 
 def _initial_batch(contexts: list[Context | None], n_start: int, shape: tuple[int, int, int],
-                   device: torch.device, dtype: torch.dtype, rng: _Randomness) -> PackedVideos:
+                   device: torch.device, dtype: torch.dtype, rng: Randomness) -> PackedVideos:
     """The context frames (t = 1) with ``n_start`` noise frames (t = 0) after the last insertable one."""
-    noise = rng.draw(lambda n, g: _devices.draw(torch.randn, (n, *shape), g, device, dtype),
-                     [n_start] * len(contexts)).split([n_start] * len(contexts))
+    noise = rng.noise([n_start] * len(contexts), shape, device, dtype).split([n_start] * len(contexts))
     frames, is_context, insertable = [], [], []
     for c, start in zip(contexts, noise):
         given = c.frames.to(device, dtype) if c is not None else start[:0]
@@ -584,7 +403,7 @@ def _cap(counts: Tensor, videos: PackedVideos, max_frames: int | None) -> tuple[
     return kept, dropped > 0
 
 
-def _insert(videos: PackedVideos, counts: Tensor, total_new: int, rng: _Randomness,
+def _insert(videos: PackedVideos, counts: Tensor, total_new: int, rng: Randomness,
             dtype: torch.dtype) -> tuple[PackedVideos, Tensor, Tensor]:
     """Insert the new noise frames; with per-video generators their noise comes from each video's generator."""
     if rng.per_video is None:  # the kernel's noise is keyed by a seed drawn from the generator, on any device
@@ -593,8 +412,7 @@ def _insert(videos: PackedVideos, counts: Tensor, total_new: int, rng: _Randomne
     per_video.index_add_(0, videos.video_index, counts)
     videos, src, new = videos.insert(counts, total_new, seed=0)  # kernel noise replaced below
     shape = videos.frame_shape
-    noise = rng.draw(lambda n, g: _devices.draw(torch.randn, (n, *shape), g, new.device, dtype),
-                     per_video.tolist())
+    noise = rng.noise(per_video.tolist(), shape, new.device, dtype)
     videos.frames.index_copy_(0, new, noise)
     return videos, src, new
 
@@ -603,16 +421,6 @@ def _move(values: Tensor, src: Tensor, new: Tensor, fill: float | int) -> Tensor
     """A per-frame vector after an insertion: old entries at ``src``, ``fill`` at the new rows."""
     out = values.new_full((src.numel() + new.numel(),), fill)
     return out.index_copy_(0, src, values)
-
-
-# ---- argument checks -----------------------------------------------------------------------
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {_describe(value)}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
 def _check_lengths(contexts: list[Context | None], n_start: int, max_frames: int | None, order: str,
@@ -626,7 +434,7 @@ def _check_lengths(contexts: list[Context | None], n_start: int, max_frames: int
             raise ValueError("n_start must be >= 1 without context (a video needs a frame to grow from)")
     initial_lengths = [len(f) + n_start for f in ctx_flags]
     if max_frames is not None:
-        _check_int("max_frames", max_frames, 1)
+        check_int("max_frames", max_frames, 1)
         if max_frames < max(initial_lengths):
             raise ValueError(f"max_frames ({max_frames}) is below the initial length of a video "
                              f"(context + n_start = {max(initial_lengths)})")
@@ -636,63 +444,6 @@ def _check_lengths(contexts: list[Context | None], n_start: int, max_frames: int
     else:
         if target_length is None:
             raise ValueError(f"order={order!r} needs target_length")
-        _check_int("target_length", target_length, max(initial_lengths))
+        check_int("target_length", target_length, max(initial_lengths))
         if max_frames is not None and target_length > max_frames:
             raise ValueError(f"target_length ({target_length}) exceeds max_frames ({max_frames})")
-
-
-def _check_context(context, num_videos: int | None) -> tuple[list[Context | None], int]:
-    if num_videos is not None:
-        _check_int("num_videos", num_videos, 1)
-    if context is None or isinstance(context, Context):
-        n = 1 if num_videos is None else num_videos
-        return [context] * n, n
-    contexts = list(context)
-    if not contexts or not all(isinstance(c, Context) for c in contexts):
-        raise TypeError(f"context must be a Context, a non-empty list of Context (one per video) or None, got {_describe(context)}")
-    if num_videos is not None and num_videos != len(contexts):
-        raise ValueError(f"num_videos ({num_videos}) does not match the number of contexts ({len(contexts)})")
-    return contexts, len(contexts)
-
-
-def _resolve_frame_shape(model: nn.Module, contexts: list[Context | None], frame_shape) -> tuple[int, int, int]:
-    """The frame shape: ``frame_shape``, else the model's config (``in_channels``, ``frame_size``),
-    else the context's; every context frame must have it."""
-    if frame_shape is not None:
-        shape = tuple(int(s) for s in frame_shape)
-        if len(shape) != 3 or min(shape) < 1:
-            raise ValueError(f"frame_shape must be (C, H, W) with positive entries, got {frame_shape!r}")
-    else:
-        config = getattr(model, "config", None)
-        channels, size = getattr(config, "in_channels", None), getattr(config, "frame_size", None)
-        if channels is not None and size is not None:
-            size = (size, size) if isinstance(size, int) else tuple(size)
-            shape = (int(channels), *size)
-        elif contexts[0] is not None:
-            shape = contexts[0].frame_shape
-        else:
-            raise ValueError("frame_shape=(C, H, W) is needed without context (the model has no config.in_channels/frame_size)")
-    for b, c in enumerate(contexts):
-        if c is not None and c.frame_shape != shape:
-            raise ValueError(f"context frames of video {b} have shape {c.frame_shape}, expected {shape}")
-    return shape  # type: ignore[return-value]
-
-
-def _device_and_dtype(model: nn.Module, contexts: list[Context | None]) -> tuple[torch.device, torch.dtype]:
-    """The sampling device and the frames' dtype.
-
-    Device: the model's (first parameter, else first buffer); for a model without tensors, the
-    first context's, else the CPU. Dtype: the first context's, else the model's first parameter's
-    (float32 for a non-float one or none).
-    """
-    device = _devices.module_device(model)
-    if device is None:
-        device = contexts[0].frames.device if contexts[0] is not None else torch.device("cpu")
-    if contexts[0] is not None:
-        return device, contexts[0].frames.dtype
-    param = next(model.parameters(), None)
-    return device, param.dtype if param is not None and param.is_floating_point() else torch.float32
-
-
-def _describe(x) -> str:
-    return f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
