@@ -94,4 +94,3 @@ def flowception_loss(
     l_ins = torch.where(insertable, nll, 0).sum() / insertable.sum().clamp(min=1)
 
     return LossOutput(total=l_vel + insertion_weight * l_ins, velocity=l_vel, insertion=l_ins)
-

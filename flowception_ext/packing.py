@@ -275,4 +275,3 @@ class PackedVideos:
     def __repr__(self) -> str:
         return (f"PackedVideos(num_videos={self.num_videos}, lengths={self.lengths.tolist()}, "
                 f"frame_shape={self.frame_shape}, dtype={self.frames.dtype}, device={self.frames.device})")
-

@@ -40,11 +40,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import _devices
+from ._utils import dataclass_from_dict
+from .baselines import make_autoregressive_state, make_full_sequence_state
 from .checkpoint import atomic_directory, load_json, load_tensors, save_json, save_tensors
 from .data import FrameBudgetBatchSampler, collate_videos
 from .losses import flowception_loss
 from .model import FlowceptionDiT
-from ._utils import dataclass_from_dict
 from .model.config import FlowceptionConfig
 from .noising import NoisingConfig, TrainingState, make_training_state
 from .packing import PackedVideos
@@ -129,34 +130,26 @@ def _to_device(state: TrainingState, labels: Tensor | None, device: torch.device
     return dataclasses.replace(state, **moved), None if labels is None else labels.to(device)
 
 
-def _flowception_objective(model, videos, labels, generator, config: TrainConfig, device=None):
-    state = make_training_state(videos, generator=generator, config=config.noising)
-    state, labels = _to_device(state, labels, device)
-    if labels is not None and model.config.num_classes:
-        labels = torch.where(state.cond_dropped, model.null_label, labels)
-    velocity, log_rate = model(state.inputs, labels)
-    return flowception_loss(velocity, log_rate, state, insertion_weight=config.insertion_weight,
-                            velocity_weight=model.velocity_loss_weight(state.inputs.times))
-
-
-def _baseline_objective(make_state):
+def _objective(make_state: Callable, learns_rates: bool) -> Callable:
+    """The loss of one micro-batch: draw a training state, run the model, score it. The baselines
+    learn no insertion rates (their insertion loss has weight 0)."""
     def objective(model, videos, labels, generator, config: TrainConfig, device=None):
         state = make_state(videos, generator=generator, config=config.noising)
         state, labels = _to_device(state, labels, device)
         if labels is not None and model.config.num_classes:
             labels = torch.where(state.cond_dropped, model.null_label, labels)
-        velocity, _ = model(state.inputs, labels)
-        return flowception_loss(velocity, None, state, insertion_weight=0.0,
+        velocity, log_rate = model(state.inputs, labels)
+        return flowception_loss(velocity, log_rate if learns_rates else None, state,
+                                insertion_weight=config.insertion_weight if learns_rates else 0.0,
                                 velocity_weight=model.velocity_loss_weight(state.inputs.times))
     return objective
 
 
 def _objectives() -> dict[str, Callable]:
-    from .baselines import make_autoregressive_state, make_full_sequence_state
     return {
-        "flowception": _flowception_objective,
-        "full_sequence": _baseline_objective(make_full_sequence_state),
-        "autoregressive": _baseline_objective(make_autoregressive_state),
+        "flowception": _objective(make_training_state, learns_rates=True),
+        "full_sequence": _objective(make_full_sequence_state, learns_rates=False),
+        "autoregressive": _objective(make_autoregressive_state, learns_rates=False),
     }
 
 

@@ -51,8 +51,8 @@ class FlowceptionConfig:
             velocity ``(X̂¹ − X_t) / (1 − t)`` that reaches it at ``t = 1`` inside ``forward``
             (x-prediction, Li & He 2025, "Back to Basics: Let Denoising Generative Models
             Denoise"), so the sampler and guidance are unchanged; the training loss weights the
-            velocity error with :meth:`FlowceptionDiT.velocity_loss_weight`. On ToyColoring it cuts
-            the per-frame error of the samples 4.6× at equal training steps (README, Results).
+            velocity error with :meth:`FlowceptionDiT.velocity_loss_weight`. Its effect on
+            ToyColoring is measured in docs/experiments/length_modeling.md.
         clean_min_gap: with ``prediction="clean"``, the floor on ``1 − t`` in the training
             weight of the clean-frame error, ``‖X̂¹ − X¹‖² / max(1 − t, clean_min_gap)²`` (the
             velocity error is ``‖X̂¹ − X¹‖² / (1 − t)²``, unbounded as ``t → 1``).
