@@ -1,7 +1,7 @@
 """Per-frame AdaLN ops vs the eager reference (gather form) and torch.compile of it, on
 x = [32 frames x 256 tokens, 1152], float32 and bfloat16, 2 threads; plus a plain ``copy_`` of x
 for bandwidth and ``empty_like(x).fill_`` for the cost of a fresh output. A summary of the
-ratios against the issue's goals is printed at the end.
+ratios against the goals (listed in bench/RESULTS.md) is printed at the end.
 
     PYTHONPATH=$PWD python -m pytest bench/test_bench_adaln.py --benchmark-only
 """
@@ -156,7 +156,7 @@ def test_adaln(benchmark, inputs, dtype, op, pass_, impl):
 
 
 def _report(config) -> None:
-    """Ratios and bandwidth against the issue's goals, printed after the benchmarks."""
+    """Ratios and bandwidth against the goals, printed after the benchmarks."""
     if not RESULTS:
         return
     lines = ["", "AdaLN summary (min times; speed-up = baseline time / our time):"]

@@ -7,7 +7,7 @@ plain clone() of the output bytes, on 64 videos x 32 frames x [4, 32, 32] fp32, 
 pytest-benchmark times each implementation in its own block of time; on a machine shared with
 other work the load changes between blocks, so the script mode times them in turn instead.
 
-Goals (issue 2): >= 3x faster than the eager reference and >= 70% of clone's bandwidth.
+Goals: >= 3x faster than the eager reference and >= 70% of clone's bandwidth.
 """
 
 from __future__ import annotations
