@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 import flowception_ext as fe
+from flowception_ext import viz
 from flowception_ext.eval import paired_difference, summarise, video_features, video_metrics
 from flowception_ext.noising import NoisingConfig
 
@@ -117,7 +118,7 @@ def _examples_figure(samples: dict, real: list[torch.Tensor], path: Path) -> Pat
         s = samples[order]
         rows.append({"label": order, "frames": s["videos"][0], "insert_time": s["insert_time"][0],
                      "is_context": s["is_context"][0]})
-    return sc.plot_frame_rows(rows, path, "one held-out context under each insertion order")
+    return viz.plot_frame_rows(rows, path, "one held-out context under each insertion order")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 import flowception_ext as fe
+from flowception_ext import viz
 from flowception_ext.eval import bootstrap_ci, summarise, video_features, video_metrics
 from flowception_ext.noising import NoisingConfig
 
@@ -151,23 +152,24 @@ def _examples_figure(real, keys, samples, count: int, path: Path) -> Path:
         rows.append({"label": f"real #{i}", "frames": real[i], "is_context": marks})
         rows.append({"label": f"generated #{i}", "frames": samples["videos"][i],
                      "insert_time": samples["insert_time"][i], "is_context": samples["is_context"][i]})
-    return sc.plot_frame_rows(rows, path, "interpolation: keyframes (dashed) from real videos; the model picks the "
+    return viz.plot_frame_rows(rows, path, "interpolation: keyframes (dashed) from real videos; the model picks the "
                                           "number of in-between frames")
 
 
 def _gaps_figure(true_gaps, inserted, gaps: dict, path: Path) -> Path:
-    plt = sc.pyplot()
     t = np.concatenate(true_gaps)
     s = np.concatenate(inserted)
     jitter = np.random.default_rng(0).uniform(-0.15, 0.15, (2, t.size))
-    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    fig = viz.new_figure(4.5, 4.2)
+    ax = fig.add_subplot()
     ax.scatter(t + jitter[0], s + jitter[1], s=10, alpha=0.6)
     top = max(t.max(), s.max()) + 1
     ax.plot([0, top], [0, top], "k--", lw=1, label="inserted = true")
     r = gaps["pearson_r(inserted, true gap)"]
     sc.finish_axes(ax, "true frames between keyframes", "frames inserted by the model",
                    f"r = {r['value']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]")
-    return sc.save_figure(fig, path)
+    fig.tight_layout()
+    return viz.save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

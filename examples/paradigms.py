@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 import flowception_ext as fe
+from flowception_ext import viz
 from flowception_ext.costs import count_flops
 from flowception_ext.eval import drift_slope, error_curve, summarise, video_features, video_metrics
 from flowception_ext.noising import NoisingConfig
@@ -184,8 +185,8 @@ def _curve_table(curves: dict, max_index: int) -> str:
 
 
 def _plot_curves(curves: dict, path: Path) -> Path:
-    plt = sc.pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = viz.new_figure(7, 4)
+    ax = fig.add_subplot()
     for name, c in curves.items():
         keep = [f for f, n in enumerate(c["videos"]) if n >= 3]
         mean = [c["mean"][f] for f in keep]
@@ -193,7 +194,8 @@ def _plot_curves(curves: dict, path: Path) -> Path:
         ax.fill_between(keep, [c["ci95_low"][f] for f in keep], [c["ci95_high"][f] for f in keep], alpha=0.2)
     sc.finish_axes(ax, "frame index (0 = given frame)", "mean consistency error (px, clipped)",
                    "error accumulation on MovingShapes I2V (95% CI bands)")
-    return sc.save_figure(fig, path)
+    fig.tight_layout()
+    return viz.save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 import flowception_ext as fe
+from flowception_ext import viz
 from flowception_ext.checkpoint import save_tensors
 from flowception_ext.data import MovingShapes
 from flowception_ext.costs import count_flops
@@ -48,7 +49,7 @@ from flowception_ext.training import finished_checkpoint
 __all__ = [
     "make_parser", "parse_args", "setup", "datasets", "reference_videos", "model_config", "train_model", "train_flops_per_step",
     "sample_flowception", "print_table", "fmt", "write_json", "Timer",
-    "save_samples", "pyplot", "finish_axes", "save_figure", "plot_frame_rows", "plot_metric_bars",
+    "save_samples", "finish_axes", "plot_metric_bars",
 ]
 
 METRICS = ("consistent", "median_error", "frac_frames_le_1px", "frechet", "length")
@@ -280,16 +281,6 @@ def write_json(path: Path, data: dict) -> Path:
 # ---- figures ------------------------------------------------------------------------------
 
 
-def pyplot():
-    """matplotlib's pyplot on the headless Agg backend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def finish_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
     """Labels, a small title and the legend of one panel."""
     ax.set_xlabel(xlabel)
@@ -298,67 +289,6 @@ def finish_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
     ax.legend(fontsize=8)
 
 
-def save_figure(fig, path: Path) -> Path:
-    """Lay out, write (PNG at 110 dpi) and close a pyplot figure."""
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    pyplot().close(fig)
-    return path
-
-
-def plot_frame_rows(rows: Sequence[dict], path: Path, title: str = "", max_columns: int = 24) -> Path:
-    """One row of frames per entry of ``rows`` (keys ``label``, ``frames [n, 3, H, W]`` in [-1, 1] and
-    optionally ``insert_time [n]`` and ``is_context [n]``): context frames get a dashed black border,
-    generated ones a border coloured by their insertion time (printed above them), as in the
-    paper's Figures 5-6. Rows longer than ``max_columns`` are cut (and say so)."""
-    plt = pyplot()
-    from matplotlib import colormaps
-
-    cmap = colormaps["viridis"]
-    columns = min(max(r["frames"].shape[0] for r in rows), max_columns)
-    fig, axes = plt.subplots(len(rows), columns, figsize=(0.9 * columns + 1.5, 1.15 * len(rows) + 0.5), squeeze=False)
-    for r, row in enumerate(rows):
-        frames = ((row["frames"].clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
-        times, ctx = row.get("insert_time"), row.get("is_context")
-        cut = frames.shape[0] > columns
-        axes[r, 0].set_ylabel(row["label"] + (" (cut)" if cut else ""), rotation=0, ha="right", va="center",
-                              fontsize=8)
-        for c in range(columns):
-            ax = axes[r, c]
-            ax.set_xticks([]), ax.set_yticks([])
-            if c >= frames.shape[0]:
-                ax.set_frame_on(False)
-                continue
-            ax.imshow(frames[c], interpolation="nearest")
-            if ctx is not None and bool(ctx[c]):
-                colour, style, text = "black", "--", "ctx"
-            elif times is not None:
-                colour, style, text = cmap(float(times[c])), "-", f"{float(times[c]):.2f}"
-            else:
-                colour, style, text = "lightgrey", "-", ""
-            for spine in ax.spines.values():
-                spine.set(edgecolor=colour, linestyle=style, linewidth=2.5)
-            if text:
-                ax.set_title(text, fontsize=6, pad=2)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    return save_figure(fig, path)
-
-
 def plot_metric_bars(rows: dict[str, dict[str, dict]], metrics: Sequence[str], path: Path, title: str = "") -> Path:
-    """One panel per metric: a bar per method with its 95 % interval."""
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
-    names = list(rows)
-    for ax, metric in zip(axes[0], metrics):
-        values = [rows[n][metric]["value"] for n in names]
-        # a Fréchet interval can sit above its point estimate (see the module docstring): clip at 0
-        lo = [max(0.0, rows[n][metric]["value"] - rows[n][metric]["ci95"][0]) for n in names]
-        hi = [max(0.0, rows[n][metric]["ci95"][1] - rows[n][metric]["value"]) for n in names]
-        ax.bar(range(len(names)), values, yerr=[lo, hi], capsize=3, color="tab:blue", alpha=0.7)
-        ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
-        ax.set_title(METRIC_LABELS.get(metric, metric), fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return save_figure(fig, path)
+    """:func:`flowception_ext.viz.plot_metric_bars` with this experiment's metric labels."""
+    return viz.plot_metric_bars(rows, metrics, path, title, labels=METRIC_LABELS)

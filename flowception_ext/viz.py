@@ -1,7 +1,10 @@
-"""Figures of sampled videos: insertion order (as in the paper's Figures 5–6) and length histograms.
+"""Figures: sampled videos' insertion order (as in the paper's Figures 5–6), length histograms,
+rows of frames, metrics with their intervals.
 
-Figures are drawn on matplotlib's Agg canvas directly (no pyplot, no global backend change), so
-they work headless and leave the caller's matplotlib state alone.
+Every figure is drawn on its own Agg canvas (:func:`new_figure`; no pyplot, no global backend
+change), so figures work headless and leave the caller's matplotlib state alone. Scripts draw
+their own figures the same way: ``fig = new_figure(w, h)``, ``ax = fig.add_subplot()``, then
+:func:`save_figure`.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ from torch import Tensor
 from .io import to_uint8
 from .sampling import SampleOutput
 
-__all__ = ["plot_insertion_order", "plot_length_histogram"]
+__all__ = ["new_figure", "plot_frame_rows", "plot_insertion_order", "plot_length_histogram", "plot_metric_bars",
+           "save_figure"]
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
+    """A matplotlib ``Figure`` of ``width × height`` inches on its own Agg canvas (pyplot untouched)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -62,7 +67,7 @@ def plot_insertion_order(output: SampleOutput, path: str | Path, video: int = 0,
     rows = math.ceil(n / cols)
     colours, norm = colormaps[cmap], Normalize(0.0, 1.0)
 
-    fig = _figure(1.3 * cols + 1.2, 1.5 * rows + 0.4)
+    fig = new_figure(1.3 * cols + 1.2, 1.5 * rows + 0.4)
     grid = fig.add_gridspec(rows, cols + 1, width_ratios=[1] * cols + [0.15], wspace=0.15, hspace=0.35)
     for i in range(n):
         ax = fig.add_subplot(grid[i // cols, i % cols])
@@ -81,7 +86,7 @@ def plot_insertion_order(output: SampleOutput, path: str | Path, video: int = 0,
         ax.set_title(label, fontsize=8)
     bar = fig.add_subplot(grid[:, cols])
     fig.colorbar(ScalarMappable(norm=norm, cmap=colours), cax=bar, label="insertion time $t_g$")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_length_histogram(lengths: Sequence[int] | Tensor, path: str | Path,
@@ -93,7 +98,7 @@ def plot_length_histogram(lengths: Sequence[int] | Tensor, path: str | Path,
     everything = samples if ref is None else np.concatenate([samples, ref])
     bins = np.arange(everything.min(), everything.max() + 2) - 0.5
 
-    fig = _figure(6.0, 3.5)
+    fig = new_figure(6.0, 3.5)
     ax = fig.add_subplot()
     ax.hist(samples, bins=bins, density=True, alpha=0.6, label=f"sampled (mean {samples.mean():.2f}, n={samples.size})")
     if ref is not None:
@@ -103,13 +108,14 @@ def plot_length_histogram(lengths: Sequence[int] | Tensor, path: str | Path,
     ax.set_ylabel("fraction of videos")
     ax.set_title(title or "video lengths")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Write ``fig`` (format from the suffix), trimmed to its contents; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return path
 
 
@@ -118,3 +124,64 @@ def _as_lengths(values, name: str) -> np.ndarray:
     if array.ndim != 1 or array.size == 0 or not np.issubdtype(array.dtype, np.integer) or (array < 0).any():
         raise ValueError(f"{name} must be a non-empty 1-D sequence of non-negative ints")
     return array
+
+
+def plot_frame_rows(rows: Sequence[dict], path: str | Path, title: str = "", max_columns: int = 24) -> Path:
+    """One row of frames per entry of ``rows`` (keys ``label``, ``frames [n, 3, H, W]`` in [-1, 1] and
+    optionally ``insert_time [n]`` and ``is_context [n]``): context frames get a dashed black border,
+    generated ones a border coloured by their insertion time (printed above them), as in the
+    paper's Figures 5-6. Rows longer than ``max_columns`` are cut (and say so)."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    columns = min(max(r["frames"].shape[0] for r in rows), max_columns)
+    fig = new_figure(0.9 * columns + 1.5, 1.15 * len(rows) + 0.5)
+    axes = fig.subplots(len(rows), columns, squeeze=False)
+    for r, row in enumerate(rows):
+        frames = ((row["frames"].clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+        times, ctx = row.get("insert_time"), row.get("is_context")
+        cut = frames.shape[0] > columns
+        axes[r, 0].set_ylabel(row["label"] + (" (cut)" if cut else ""), rotation=0, ha="right", va="center",
+                              fontsize=8)
+        for c in range(columns):
+            ax = axes[r, c]
+            ax.set_xticks([]), ax.set_yticks([])
+            if c >= frames.shape[0]:
+                ax.set_frame_on(False)
+                continue
+            ax.imshow(frames[c], interpolation="nearest")
+            if ctx is not None and bool(ctx[c]):
+                colour, style, text = "black", "--", "ctx"
+            elif times is not None:
+                colour, style, text = cmap(float(times[c])), "-", f"{float(times[c]):.2f}"
+            else:
+                colour, style, text = "lightgrey", "-", ""
+            for spine in ax.spines.values():
+                spine.set(edgecolor=colour, linestyle=style, linewidth=2.5)
+            if text:
+                ax.set_title(text, fontsize=6, pad=2)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=110)
+
+
+def plot_metric_bars(rows: dict[str, dict[str, dict]], metrics: Sequence[str], path: str | Path, title: str = "",
+                     labels: dict[str, str] | None = None) -> Path:
+    """One panel per metric: a bar per method with its 95 % interval. ``rows[method][metric]`` is an
+    :func:`~flowception_ext.eval.estimate` (``{"value", "ci95": [lo, hi]}``); ``labels`` titles the panels."""
+    fig = new_figure(3.2 * len(metrics), 3.2)
+    axes = fig.subplots(1, len(metrics), squeeze=False)
+    names = list(rows)
+    for ax, metric in zip(axes[0], metrics):
+        values = [rows[n][metric]["value"] for n in names]
+        # a bootstrap interval can sit above its point estimate (a Fréchet distance's does): clip at 0
+        lo = [max(0.0, rows[n][metric]["value"] - rows[n][metric]["ci95"][0]) for n in names]
+        hi = [max(0.0, rows[n][metric]["ci95"][1] - rows[n][metric]["value"]) for n in names]
+        ax.bar(range(len(names)), values, yerr=[lo, hi], capsize=3, color="tab:blue", alpha=0.7)
+        ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+        ax.set_title((labels or {}).get(metric, metric), fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=110)

@@ -127,3 +127,25 @@ def test_plot_length_histogram(tmp_path, sampled):
         plot_length_histogram([], tmp_path / "h.png")
     with pytest.raises(ValueError, match="reference must be"):
         plot_length_histogram([3], tmp_path / "h.png", reference=[1.5])
+
+
+def test_frame_rows_and_metric_bars_leave_matplotlib_state_alone(tmp_path):
+    import subprocess
+    import sys
+
+    # In a fresh interpreter: drawing must not select a backend or import pyplot.
+    code = f"""
+import sys, torch
+from flowception_ext import viz
+rows = [{{"label": "a", "frames": torch.rand(5, 3, 4, 4) * 2 - 1, "insert_time": torch.linspace(0, 1, 5),
+          "is_context": torch.tensor([True, False, False, False, False])}},
+        {{"label": "b", "frames": torch.rand(30, 3, 4, 4) * 2 - 1}}]
+viz.plot_frame_rows(rows, {str(tmp_path / 'rows.png')!r}, "title", max_columns=8)
+est = lambda v: {{"value": v, "ci95": [v - 0.1, v + 0.2]}}
+viz.plot_metric_bars({{"x": {{"m": est(1.0)}}, "y": {{"m": est(2.0)}}}}, ["m"], {str(tmp_path / 'bars.png')!r},
+                     labels={{"m": "metric"}})
+assert "matplotlib.pyplot" not in sys.modules
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "rows.png").stat().st_size > 0 and (tmp_path / "bars.png").stat().st_size > 0
