@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from torch import nn
 
 from flowception_ext import FlowceptionConfig, FlowceptionDiT, PackedVideos
 from flowception_ext.model.config import PRESETS

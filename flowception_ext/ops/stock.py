@@ -118,7 +118,7 @@ def local_frame_attention_stock(
     checked on the CPU only (elsewhere a check would cost a host sync per layer).
     """
     check_local_attention_args(q, k, v, cu_seqlens, tokens_per_frame, window, check_values=False)
-    P, (T, H, d) = tokens_per_frame, q.shape
+    P, (T, _, d) = tokens_per_frame, q.shape
     num_frames = T // P
     lengths = cu_seqlens.diff()
     if max_frames is None:  # one host sync for the check and the longest video
@@ -155,7 +155,7 @@ def local_frame_attention_stock(
         return out, lse
 
     # Videos as a batch, padded to max_frames: every query of a video against all its keys.
-    B, L = lengths.numel(), max_frames
+    L = max_frames
     slot = torch.arange(L, device=q.device)
     idx = cu_seqlens[:-1, None] + slot  # [B, L]
     valid = slot < lengths[:, None]
