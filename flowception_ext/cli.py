@@ -21,11 +21,25 @@ TASK_CHOICES = ("uncond", "i2v", "interpolate", "extend")
 # ---- datasets ---------------------------------------------------------------------------------
 
 
-def make_dataset(spec: str, num_videos: int = 4096, seed: int = 0):
-    """``toy-coloring`` (integer strides), ``toy-coloring:rotation`` (the paper's one-turn motion,
-    which tells the length), ``moving-shapes`` or ``folder:PATH`` (tensors, or videos decoded by imageio)."""
-    from . import data
+# VideoFolder's clip options, as train's --frame-size, --max-frames, ... set them.
+VIDEO_OPTIONS = ("frame_size", "crop", "max_frames", "min_frames", "frame_stride", "fps", "clips_per_video")
 
+
+def make_dataset(spec: str, num_videos: int = 4096, seed: int = 0, **video_options):
+    """``toy-coloring`` (integer strides), ``toy-coloring:rotation`` (the paper's one-turn motion,
+    which tells the length), ``moving-shapes`` or ``folder:PATH`` (tensor files, or video files
+    decoded by imageio; subfolders included). ``video_options`` (:data:`VIDEO_OPTIONS`, ``None``:
+    VideoFolder's default) and ``seed`` shape the clips of a folder of videos."""
+    from . import data
+    from .data.folders import list_files
+
+    given = {k: v for k, v in video_options.items() if v is not None}
+    unknown = sorted(set(given) - set(VIDEO_OPTIONS))
+    if unknown:
+        raise TypeError(f"make_dataset: unknown video options {unknown}; expected some of {list(VIDEO_OPTIONS)}")
+    if given and not spec.startswith("folder:"):
+        raise SystemExit(f"flowception: --dataset {spec}: the video clip options ({', '.join(sorted(given))}) "
+                         "apply to folder:PATH of video files only")
     if spec in ("toy-coloring", "toy-coloring:stride", "toy-coloring:rotation"):
         motion = spec.partition(":")[2] or "stride"
         return data.ToyColoring(num_videos=num_videos, seed=seed, motion=motion)
@@ -35,13 +49,62 @@ def make_dataset(spec: str, num_videos: int = 4096, seed: int = 0):
         path = Path(spec[len("folder:"):])
         if not path.is_dir():
             raise SystemExit(f"flowception: --dataset {spec}: {path} is not a directory")
-        files = [p.suffix.lower() for p in path.iterdir() if p.is_file()]
-        tensor_files = sum(s in (".npy", ".safetensors") for s in files)
-        return data.TensorFolder(path) if tensor_files else data.VideoFolder(path)
+        tensors = list_files(path, data.TensorFolder.extensions)
+        videos = list_files(path, data.VideoFolder.extensions)
+        if tensors and videos:
+            raise SystemExit(f"flowception: --dataset {spec}: holds both tensor files ({tensors[0]}) and video "
+                             f"files ({videos[0]}); keep one kind per folder")
+        if tensors and given:
+            raise SystemExit(f"flowception: --dataset {spec}: the video clip options ({', '.join(sorted(given))}) "
+                             "apply to video files, not to tensor files")
+        try:
+            return data.TensorFolder(path) if tensors else data.VideoFolder(path, seed=seed, **given)
+        except (ValueError, ImportError) as exc:
+            raise SystemExit(f"flowception: --dataset {spec}: {exc}") from None
     raise SystemExit(f"flowception: unknown --dataset {spec!r}; use toy-coloring, moving-shapes or folder:PATH")
 
 
+def _frame_size(text: str) -> list[int]:
+    """argparse type of --frame-size: ``S`` or ``HxW``, as ``[H, W]``."""
+    parts = text.lower().split("x")
+    try:
+        size = [int(p) for p in parts]
+    except ValueError:
+        size = []
+    if len(size) not in (1, 2) or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"expected a size S or HxW of positive integers, got {text!r}")
+    return size * 2 if len(size) == 1 else size
+
+
+def _video_options(args: argparse.Namespace, recorded: dict | None) -> dict:
+    """The clip options for the dataset: those given on the command line; when resuming, those
+    the run was trained with (options given again must agree with them)."""
+    given = {name: getattr(args, name) for name in VIDEO_OPTIONS if getattr(args, name, None) is not None}
+    if recorded is None:
+        return given
+
+    def show(value) -> str:  # as typed: a frame size as HxW
+        return "x".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    for name, value in given.items():
+        if json.loads(json.dumps(value)) != recorded.get(name):
+            flag = "--" + name.replace("_", "-")
+            raise SystemExit(f"flowception: {flag} {show(value)} differs from the {show(recorded.get(name))} this run "
+                             "was trained with; resume with the same clip options (or leave them out)")
+    return {k: v for k, v in recorded.items() if k in VIDEO_OPTIONS}
+
+
 DEFAULT_PATCH = {"toy-coloring": 3, "toy-coloring:stride": 3, "toy-coloring:rotation": 3, "moving-shapes": 4}
+
+
+def _default_patch(dataset) -> int:
+    """2 (latents), or for video files the largest patch dividing the frame size that leaves at
+    least 8 patches a side (64×64 pixels: 8, so 64 tokens a frame rather than 1024)."""
+    if not hasattr(dataset, "options"):  # not a video folder
+        return 2
+    _, h, w = dataset.frame_shape
+    fits = [p for p in range(1, min(h, w) // 8 + 1) if h % p == 0 and w % p == 0]
+    return max(fits, default=1)
 
 
 # ---- train ------------------------------------------------------------------------------------
@@ -89,28 +152,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     _init_distributed(args.device)
-    dataset = make_dataset(args.dataset, args.num_videos, args.data_seed)
     resume_from = latest_checkpoint(args.out) if args.resume else None
+    model_config = None
     if resume_from is not None:
         from .checkpoint import load_json
 
-        model = FlowceptionDiT(FlowceptionConfig.from_dict(load_json(resume_from / "config.json")))
-        config = TrainConfig.from_dict(load_json(resume_from / "trainer_state.json")["train_config"])
-        config.steps = args.steps
-        config.progress = not args.no_progress
+        model_config = FlowceptionConfig.from_dict(load_json(resume_from / "config.json"))
+    recorded = model_config.extra.get("video_folder") if model_config is not None else None
+    seed = recorded["seed"] if recorded is not None else args.data_seed
+    dataset = make_dataset(args.dataset, args.num_videos, seed, **_video_options(args, recorded))
+    if model_config is not None:
+        model = FlowceptionDiT(model_config)
+        config = TrainConfig.from_dict({**load_json(resume_from / "trainer_state.json")["train_config"],
+                                        "steps": args.steps, "progress": not args.no_progress,
+                                        "num_workers": args.num_workers})
     else:
         c, h, w = dataset.frame_shape
-        patch = args.patch_size or DEFAULT_PATCH.get(args.dataset, 2)
+        patch = args.patch_size or DEFAULT_PATCH.get(args.dataset) or _default_patch(dataset)
+        extra = {"dataset": args.dataset}
+        if hasattr(dataset, "options"):  # a video folder: sampling and resuming rebuild its clips
+            extra["video_folder"] = dataset.options
         model_config = FlowceptionConfig.from_preset(
             args.preset, in_channels=c, frame_size=(h, w), patch_size=patch, window=args.window,
             attention="causal" if args.objective == "autoregressive" else "bidirectional",
             rate_head=args.objective == "flowception", length_conditioning=args.length_conditioning,
-            prediction=args.prediction, extra={"dataset": args.dataset})
+            prediction=args.prediction, extra=extra)
         torch.manual_seed(args.seed)
         model = FlowceptionDiT(model_config)
         noising = NoisingConfig(tasks=args.tasks, p_uncond=args.p_uncond)
         config = TrainConfig(steps=args.steps, lr=args.lr, frames_per_batch=args.frames_per_batch,
-                             grad_accum=args.grad_accum, bf16=args.bf16, seed=args.seed, objective=args.objective,
+                             grad_accum=args.grad_accum, num_workers=args.num_workers, bf16=args.bf16, seed=args.seed,
+                             objective=args.objective,
                              noising=noising, out_dir=str(args.out), log_every=args.log_every,
                              checkpoint_every=args.checkpoint_every, warmup_steps=min(args.warmup, args.steps),
                              ema_decay=args.ema_decay, progress=not args.no_progress)
@@ -160,11 +232,14 @@ def _contexts(args, model, num_videos: int):
         spec = model.config.extra.get("dataset")
         if spec is None:
             raise SystemExit(f"flowception: --task {args.task} needs --context FILES")
-        dataset = make_dataset(spec, num_videos=num_videos, seed=args.seed + 10_000)  # held-out videos
+        options = {k: v for k, v in model.config.extra.get("video_folder", {}).items() if k in VIDEO_OPTIONS}
+        # synthetic data: held-out videos; a folder: other clips (another seed) of its videos
+        dataset = make_dataset(spec, num_videos=num_videos, seed=args.seed + 10_000, **options)
         frames = None
     out = []
     for i in range(num_videos):
-        video = frames if frames is not None else dataset[i]
+        # a folder may hold fewer videos than asked for: go round it again, with other clips
+        video = frames if frames is not None else dataset[i % len(dataset), i // len(dataset)]
         video = video[0] if isinstance(video, tuple) else video
         if args.task == "i2v":
             out.append(Context.image_to_video(video[:1]))
@@ -244,11 +319,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model (or a baseline) on a dataset",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", required=True, help="toy-coloring[:stride|:rotation], moving-shapes or folder:PATH")
+    p.add_argument("--dataset", required=True,
+                   help="toy-coloring[:stride|:rotation], moving-shapes or folder:PATH (tensor or video files, "
+                        "subfolders included)")
     p.add_argument("--num-videos", type=int, default=4096, help="size of a synthetic dataset")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of a synthetic dataset")
+    p.add_argument("--data-seed", type=int, default=0,
+                   help="seed of a synthetic dataset, or of a video folder's clip lengths, windows and crops")
+    video = p.add_argument_group("video folders (folder:PATH of video files; a resumed run reuses the first run's)")
+    video.add_argument("--frame-size", type=_frame_size, default=argparse.SUPPRESS, metavar="S|HxW",
+                       help="crop each frame to the target's aspect ratio and resize it to S×S or H×W "
+                            "(needed when the videos' sizes differ; default: the videos' own size)")
+    video.add_argument("--crop", choices=("center", "random"), default=argparse.SUPPRESS,
+                       help="where that crop lies: centred, or drawn anew each epoch (default: center)")
+    video.add_argument("--max-frames", type=int, default=argparse.SUPPRESS,
+                       help="longest clip; longer videos give a window starting at a random frame each epoch "
+                            "(default: whole videos)")
+    video.add_argument("--min-frames", type=int, default=argparse.SUPPRESS,
+                       help="shortest clip: each item's length is drawn uniformly from --min-frames up to "
+                            "--max-frames or its video's length (default: every clip as long as allowed)")
+    video.add_argument("--frame-stride", type=int, default=argparse.SUPPRESS,
+                       help="keep every N-th frame (default: 1)")
+    video.add_argument("--fps", type=float, default=argparse.SUPPRESS,
+                       help="resample every video to this frame rate (instead of --frame-stride)")
+    video.add_argument("--clips-per-video", type=int, default=argparse.SUPPRESS,
+                       help="dataset items per video, each with its own length and window (default: 1)")
     p.add_argument("--preset", default="tiny", help="model size: tiny, small, base, large, paper")
-    p.add_argument("--patch-size", type=int, default=None, help="patch side (default: 3 for toy-coloring, 4 for moving-shapes)")
+    p.add_argument("--patch-size", type=int, default=None,
+                   help="patch side (default: 3 for toy-coloring, 4 for moving-shapes, 2 for tensor files; for "
+                        "video files the largest that leaves at least 8 patches a side)")
     p.add_argument("--window", type=int, default=None, help="attention window in frames (default: all frames)")
     p.add_argument("--objective", default="flowception", choices=("flowception", "full_sequence", "autoregressive"),
                    help="what to train: Flowception, or a baseline on the same backbone")
@@ -265,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema-decay", type=float, default=0.999, help="decay of the EMA of the weights")
     p.add_argument("--frames-per-batch", type=int, default=256, help="frame budget of a micro-batch")
     p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
+    p.add_argument("--num-workers", type=int, default=0,
+                   help="DataLoader processes loading the batches (0: the training process); the results do not "
+                        "depend on it")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and noise")
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl)")

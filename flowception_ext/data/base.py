@@ -3,12 +3,19 @@
 A dataset item is one clean video, a float32 tensor ``[n, C, H, W]`` with ``n >= 1`` finite
 frames. Every dataset exposes ``lengths`` (frames per item, known without decoding where the
 format allows), ``frame_shape`` (``(C, H, W)``), ``__len__`` and ``__getitem__``.
+
+Items are looked up as ``dataset[index]`` or ``dataset[index, epoch]``. A dataset whose items
+are random crops or clips (:class:`~flowception_ext.data.VideoFolder`) draws them from
+``(seed, epoch, index)``, so the trainer passes the epoch and every DataLoader worker, and every
+resumed run, loads the same item; the synthetic datasets ignore the epoch.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
 from typing import Sequence
+
+import operator
 
 import numpy as np
 import torch
@@ -54,7 +61,8 @@ class VideoDataset(Dataset):
     """Base of the datasets: bounds-checks the index and checks every loaded video.
 
     Subclasses implement ``lengths``, ``frame_shape``, ``_load(index)`` and may override
-    ``_describe(index)`` (how an item is named in errors; a file path for folders).
+    ``_describe(index)`` (how an item is named in errors; a file path for folders), and
+    ``_load_epoch(index, epoch)`` when an item depends on the epoch (random clips or crops).
     """
 
     @property
@@ -70,18 +78,31 @@ class VideoDataset(Dataset):
     @abstractmethod
     def _load(self, index: int) -> Tensor: ...
 
+    def _load_epoch(self, index: int, epoch: int) -> Tensor:
+        """Item ``index`` as drawn in ``epoch`` (default: the same in every epoch)."""
+        return self._load(index)
+
     def _describe(self, index: int) -> str:
         return f"{type(self).__name__} item {index}"
 
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def __getitem__(self, index: int) -> Tensor:
+    def __getitem__(self, key: int | tuple[int, int]) -> Tensor:
+        """``dataset[index]`` (epoch 0) or ``dataset[index, epoch]``."""
+        index, epoch = key if isinstance(key, tuple) and len(key) == 2 else (key, 0)
+        try:
+            index, epoch = operator.index(index), operator.index(epoch)
+        except TypeError:
+            raise TypeError(f"{type(self).__name__} keys are an int index or an (index, epoch) pair of ints, "
+                            f"got {key!r}") from None
         n = len(self)
         if not -n <= index < n:
             raise IndexError(f"{type(self).__name__} index {index} out of range for {n} items")
+        if epoch < 0:
+            raise IndexError(f"{type(self).__name__} epoch must be >= 0, got {epoch}")
         index %= n
-        return check_video(self._load(index), self._describe(index), self.frame_shape)
+        return check_video(self._load_epoch(index, epoch), self._describe(index), self.frame_shape)
 
 
 # ---- seeding: item i is a function of (seed, i) only ----------------------------------------
@@ -106,6 +127,8 @@ def hash_uniform(seed: int, stream: int, index: np.ndarray) -> np.ndarray:
     return (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
-def item_rng(seed: int, stream: int, index: int) -> np.random.Generator:
-    """The RNG drawing the content of item ``index``: a function of ``(seed, stream, index)`` only."""
-    return np.random.default_rng([seed & _MASK64, stream, index])
+def item_rng(seed: int, stream: int, index: int, epoch: int | None = None) -> np.random.Generator:
+    """The RNG drawing the content of item ``index``: a function of ``(seed, stream, index)``
+    only, or of ``(seed, stream, epoch, index)`` when ``epoch`` is given."""
+    key = [seed & _MASK64, stream, index] if epoch is None else [seed & _MASK64, stream, epoch, index]
+    return np.random.default_rng(key)

@@ -123,6 +123,17 @@ class FrameBudgetBatchSampler(Sampler[list[int]]):
             yield batches[self.position - 1]
         self.epoch, self.position = self.epoch + 1, 0
 
+    def endless(self) -> Iterator[tuple[int, list[int]]]:
+        """``(epoch, batch)`` pairs without end: the rest of the current epoch, then the next
+        epochs in turn (what a training loop that counts steps, not epochs, consumes)."""
+        while True:
+            epoch = self.epoch
+            if self.position == 0 and len(self) == 0:
+                raise ValueError(f"epoch {epoch} has no batches for rank {self.rank} of {self.world_size} "
+                                 "(drop_last with fewer batches than ranks)")
+            for batch in self:
+                yield epoch, batch
+
     # ---- resuming ----------------------------------------------------------------------
 
     def _fingerprint(self) -> str:
