@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -152,7 +153,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     _init_distributed(args.device)
-    resume_from = latest_checkpoint(args.out) if args.resume else None
+    try:
+        resume_from = latest_checkpoint(args.out) if args.resume else None
+    except ValueError as exc:
+        raise SystemExit(f"flowception: --resume: {exc}") from None
     model_config = None
     if resume_from is not None:
         from .checkpoint import load_json
@@ -188,8 +192,15 @@ def cmd_train(args: argparse.Namespace) -> int:
                              ema_decay=args.ema_decay, progress=not args.no_progress)
     trainer = Trainer(model, dataset, config, device=args.device)
     if resume_from is not None:
-        trainer.resume(resume_from)
-        print(f"flowception: resumed from {resume_from} at step {trainer.step}", file=sys.stderr)
+        with warnings.catch_warnings(record=True) as caught:  # skipped damaged checkpoints: one line each
+            warnings.simplefilter("always")
+            try:
+                trainer.resume()
+            except ValueError as exc:
+                raise SystemExit(f"flowception: --resume: {exc}") from None
+        for w in caught:
+            print(f"flowception: {w.message}", file=sys.stderr)
+        print(f"flowception: resumed from {trainer.resumed_from} at step {trainer.step}", file=sys.stderr)
     try:
         metrics = trainer.fit(until=args.stop_after)
     except TrainingDiverged as exc:
@@ -259,7 +270,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     source = Path(args.checkpoint)
     if not (source / "config.json").is_file():
-        found = latest_checkpoint(source)
+        try:
+            found = latest_checkpoint(source)
+        except ValueError as exc:
+            raise SystemExit(f"flowception: --checkpoint: {exc}") from None
         if found is None:
             raise SystemExit(f"flowception: {source} holds no model (config.json) nor checkpoints")
         source = found

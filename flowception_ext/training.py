@@ -37,8 +37,10 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -210,16 +212,31 @@ def collective_device(backend: str, device: torch.device) -> torch.device:
     return device
 
 
+_CHECKPOINT_NAME = re.compile(r"step_\d{8}")
+
+
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of a run directory, or ``None``."""
+    """The newest complete checkpoint of a run directory, or ``None``.
+
+    The ``latest`` pointer may name only a checkpoint directory of this run
+    (``step_XXXXXXXX``); any other name (a path elsewhere, ``..``) is refused with a ValueError."""
     ckpt_dir = Path(out_dir) / "checkpoints"
     pointer = ckpt_dir / "latest"
     if pointer.is_file():
-        name = load_json(pointer)["name"]
+        name = load_json(pointer).get("name")
+        if not isinstance(name, str) or not _CHECKPOINT_NAME.fullmatch(name):
+            raise ValueError(f"{pointer} names {name!r}, which is not a checkpoint directory of this run "
+                             "(expected step_XXXXXXXX); refusing to follow it")
         if (ckpt_dir / name / "trainer_state.json").is_file():
             return ckpt_dir / name
-    complete = sorted(p for p in ckpt_dir.glob("step_*") if (p / "trainer_state.json").is_file())
+    complete = _complete_checkpoints(ckpt_dir)
     return complete[-1] if complete else None
+
+
+def _complete_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """The run's checkpoint directories that were published whole, oldest first."""
+    return sorted(p for p in ckpt_dir.glob("step_*")
+                  if _CHECKPOINT_NAME.fullmatch(p.name) and (p / "trainer_state.json").is_file())
 
 
 def finished_checkpoint(out_dir: str | Path, model_config: FlowceptionConfig, config: TrainConfig) -> Path | None:
@@ -304,6 +321,7 @@ class Trainer:
         self._keyed = isinstance(dataset, VideoDataset)
         self._loader: Any = None                              # the DataLoader's iterator, started on demand
         self.step = 0
+        self.resumed_from: Path | None = None  # the checkpoint resume() continued from
         self.out_dir = Path(config.out_dir)
         if self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -458,36 +476,73 @@ class Trainer:
         return path
 
     def resume(self, directory: str | Path | None = None) -> int:
-        """Continue from a checkpoint directory (default: the latest of ``config.out_dir``).
-        Returns the step reached. Raises FileNotFoundError when there is none."""
-        directory = Path(directory) if directory is not None else latest_checkpoint(self.out_dir)
-        if directory is None:
-            raise FileNotFoundError(f"no checkpoint to resume from in {self.out_dir / 'checkpoints'}")
-        state = load_json(directory / "trainer_state.json")
+        """Continue from a checkpoint directory (default: the newest intact one of
+        ``config.out_dir``) and return the step reached (``resumed_from`` names the directory).
+
+        Without ``directory``, a damaged checkpoint (a truncated or unreadable file) is skipped
+        with a warning naming it and the reason, and the next older one is tried; a ValueError
+        says why each failed when none is intact. FileNotFoundError when there is none at all."""
+        if directory is not None:
+            candidates = [Path(directory)]
+        else:
+            ckpt_dir = self.out_dir / "checkpoints"
+            newest = latest_checkpoint(self.out_dir)  # validates the pointer
+            candidates = [newest] if newest is not None else []
+            candidates += [p for p in reversed(_complete_checkpoints(ckpt_dir)) if p != newest]
+            if not candidates:
+                raise FileNotFoundError(f"no checkpoint to resume from in {ckpt_dir}")
+        skipped = []
+        for path in candidates:
+            try:
+                saved = _read_checkpoint(path)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                if directory is not None:
+                    raise
+                skipped.append(f"{path.name}: {exc}")
+                continue
+            if skipped:
+                warnings.warn(f"resuming from {path.name}; skipped damaged checkpoint(s): " + "; ".join(skipped),
+                              stacklevel=2)
+            self._load_checkpoint(path, saved)
+            self.resumed_from = path
+            return self.step
+        raise ValueError("no intact checkpoint to resume from: " + "; ".join(skipped))
+
+    def _load_checkpoint(self, directory: Path, saved: dict[str, Any]) -> None:
+        state = saved["trainer_state"]
         if state.get("world_size", 1) * len(state["samplers"]) != self.world_size * self.config.grad_accum:
             raise ValueError(f"{directory} was written with world_size × grad_accum = "
                              f"{state['world_size'] * len(state['samplers'])}; this run has "
                              f"{self.world_size * self.config.grad_accum}, so it cannot continue exactly")
-        # Everything loads to the CPU first, then moves (load_state_dict copies into the model's
-        # tensors; the optimizer moves its state to its parameters' device).
-        model_state = load_tensors(directory / "model.safetensors", device="cpu")
+        # Everything was read to the CPU; load_state_dict copies into the model's tensors and the
+        # optimizer moves its state to its parameters' device.
         try:
-            self.model.load_state_dict(model_state)
+            self.model.load_state_dict(saved["model"])
         except RuntimeError as exc:
             raise ValueError(f"{directory / 'model.safetensors'} does not match the model: {exc}") from None
-        ema = load_tensors(directory / "ema.safetensors", device="cpu")
-        if set(ema) != set(self.ema):
+        if set(saved["ema"]) != set(self.ema):
             raise ValueError(f"{directory / 'ema.safetensors'} does not match the model")
-        self.ema = {k: v.float().to(self.ema[k].device) for k, v in ema.items()}
-        _optimizer_from_tensors(self.optimizer, load_tensors(directory / "optimizer.safetensors", device="cpu"),
-                                state["optimizer_param_groups"], directory / "optimizer.safetensors")
+        self.ema = {k: v.float().to(self.ema[k].device) for k, v in saved["ema"].items()}
+        _optimizer_from_tensors(self.optimizer, saved["optimizer"], state["optimizer_param_groups"],
+                                directory / "optimizer.safetensors")
         # Every rank has consumed as many batches as rank 0, whose positions were saved.
         for sampler, s in zip(self.samplers, state["samplers"]):
             sampler.load_state_dict(s)
         self._iters = [s.endless() for s in self.samplers]
         self._stop_loader()
         self.step = int(state["step"])
-        return self.step
+
+
+def _read_checkpoint(directory: Path) -> dict[str, Any]:
+    """Every file of a checkpoint, read to the CPU; a missing, truncated or unreadable file
+    raises (naming it) before anything is loaded into the trainer."""
+    state = load_json(directory / "trainer_state.json")
+    if not isinstance(state, dict) or not {"step", "samplers", "optimizer_param_groups"} <= set(state):
+        raise ValueError(f"{directory / 'trainer_state.json'} is not a trainer state")
+    return {"trainer_state": state,
+            "model": load_tensors(directory / "model.safetensors", device="cpu"),
+            "ema": load_tensors(directory / "ema.safetensors", device="cpu"),
+            "optimizer": load_tensors(directory / "optimizer.safetensors", device="cpu")}
 
 
 class _MicroBatches:

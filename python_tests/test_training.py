@@ -3,6 +3,7 @@ NaN handling, pickle-free checkpoints, bad data."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -171,6 +172,45 @@ def test_resume_refuses_pickle_and_truncated_files(tmp_path):
     (ckpt / "trainer_state.json").write_text("{not json")
     with pytest.raises(ValueError, match="trainer_state.json"):
         tiny_trainer(tmp_path).resume()
+
+
+def test_resume_skips_a_damaged_newest_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    tiny_trainer(tmp_path / "straight").fit()
+    torch.manual_seed(0)  # the same initial weights
+    tiny_trainer(tmp_path / "run").fit(until=4)
+    newest = latest_checkpoint(tmp_path / "run")
+    assert newest.name == "step_00000004"
+    model_file = newest / "model.safetensors"
+    model_file.write_bytes(model_file.read_bytes()[:7])  # truncated: "invalid header length"
+    resumed = tiny_trainer(tmp_path / "run")
+    with pytest.warns(UserWarning, match="step_00000004: .*model.safetensors"):
+        assert resumed.resume() == 2
+    assert resumed.resumed_from.name == "step_00000002"
+    resumed.fit()  # rewrites step 4 whole and goes on
+    assert_identical(checkpoint_tensors(latest_checkpoint(tmp_path / "run")),
+                     checkpoint_tensors(latest_checkpoint(tmp_path / "straight")))
+    # an explicitly named damaged checkpoint is refused, not replaced by another one
+    (tmp_path / "run" / "checkpoints" / "step_00000006" / "ema.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="ema.safetensors"):
+        tiny_trainer(tmp_path / "run").resume(tmp_path / "run" / "checkpoints" / "step_00000006")
+
+
+@pytest.mark.parametrize("name", ["../../other/checkpoints/step_00000002", "/abs/step_00000002", "step_2", 7])
+def test_latest_pointer_names_only_this_runs_checkpoints(tmp_path, name):
+    other = tiny_trainer(tmp_path / "other")
+    other.fit(until=2)
+    run = tiny_trainer(tmp_path / "run")
+    run.fit(until=2)
+    (tmp_path / "run" / "checkpoints" / "latest").write_text(json.dumps({"name": name}))
+    with pytest.raises(ValueError, match="not a checkpoint directory of this run"):
+        latest_checkpoint(tmp_path / "run")
+    with pytest.raises(ValueError, match="refusing to follow it"):
+        tiny_trainer(tmp_path / "run").resume()
+    proc = subprocess.run([*CLI, *TRAIN, "--steps", "4", "--resume", "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, env=cpu_env(), cwd=NEUTRAL_CWD, timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "--resume" in proc.stderr and "refusing to follow it" in proc.stderr
 
 
 def test_bad_data_is_named(tmp_path):
