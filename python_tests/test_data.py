@@ -54,12 +54,6 @@ def test_toy_ring_layout_is_clockwise():
 # ---- MovingShapes ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def shapes():
-    ds = MovingShapes(40, seed=0)
-    return ds, [ds[i] for i in range(len(ds))]
-
-
 def test_shapes_determinism_shapes_ranges(shapes):
     ds, videos = shapes
     again = MovingShapes(500, seed=0)

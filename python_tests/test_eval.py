@@ -166,12 +166,6 @@ def test_toy_checker_degenerate_inputs():
 # ---- MovingShapes ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def shapes():
-    ds = MovingShapes(40, seed=0)
-    return ds, [ds[i] for i in range(len(ds))]
-
-
 def test_shapes_videos_are_consistent(shapes):
     _, videos = shapes
     results = [consistency(v) for v in videos]
