@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from flowception_ext.efficiency import count_flops, parse_args, build_model, sampling_runs, training_batch
+from efficiency import build_model, parse_args, sampling_runs, training_batch  # bench/efficiency.py, beside this file
+from flowception_ext.costs import count_flops
 
 N_FRAMES = 32
 ARGS = parse_args(["--quick", "--n", str(N_FRAMES), "--batch", "4", "--states", "1", "--steps", "4"])

@@ -319,9 +319,15 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .efficiency import main as efficiency_main
+    # The harnesses live in the checkout's bench/ (not in the package): run the script beside the
+    # package's source, in its own process (its memory measurements spawn children).
+    import subprocess
 
-    return efficiency_main(args.bench_args)
+    script = Path(__file__).resolve().parent.parent / "bench" / f"{args.which}.py"
+    if not script.is_file():
+        raise SystemExit(f"flowception: bench {args.which}: {script} not found; the benchmarks run "
+                         f"from a source checkout (python bench/{args.which}.py)")
+    return subprocess.call([sys.executable, str(script), *args.bench_args])
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -185,3 +185,42 @@ def plot_metric_bars(rows: dict[str, dict[str, dict]], metrics: Sequence[str], p
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path, dpi=110)
+
+
+def plot_efficiency(results: dict, path: str | Path) -> Path:
+    """The efficiency study's figure (``bench/efficiency.py``): sampling FLOPs and seconds of whole
+    runs, and training-step seconds with the full-sequence / Flowception FLOP ratio, against the
+    frame count ``n`` (both axes logarithmic). ``results`` is the harness's JSON (``per_n`` rows)."""
+    per_n = results["per_n"]
+    ns = sorted(int(k) for k in per_n)
+    rows = [per_n[str(n)] for n in ns]
+
+    def series(ax, key: str, label: str, scale: float = 1.0) -> None:
+        xs = [(n, row[key]) for n, row in zip(ns, rows) if key in row]
+        if xs:
+            ax.plot([x for x, _ in xs], [y / scale for _, y in xs], "o-", label=label)
+
+    fig = new_figure(16, 4.5)
+    axes = fig.subplots(1, 3)
+    for key, label in (("flowception", "Flowception"), ("full_sequence", "full-sequence"),
+                       ("ar_cache", "AR + KV cache"), ("ar_nocache", "AR, no cache")):
+        series(axes[0], f"sampling_flops_{key}", label, 1e9)
+        series(axes[1], f"sampling_seconds_{key}", label)
+    for key, label in (("flowception", "Flowception (packed)"), ("full_sequence", "full-sequence"),
+                       ("padded", "Flowception (padded)")):
+        series(axes[2], f"train_seconds_{key}", label)
+    ratio = axes[2].twinx()
+    xs = [(n, row) for n, row in zip(ns, rows) if "train_flops_full_total" in row]
+    ratio.plot([n for n, _ in xs], [r["train_flops_full_total"] / r["train_flops_flowception_configured_total"]
+                                    for _, r in xs], "k--", label="FLOP ratio full/FC")
+    ratio.set_ylabel("training FLOP ratio full / Flowception")
+    ratio.legend(fontsize=8, loc="lower right")
+    titles = ("sampling GFLOPs (whole run)", "sampling seconds (whole run)", "training step seconds (per batch)")
+    for ax, title in zip(axes, titles):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("frames n")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=110)

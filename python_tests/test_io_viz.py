@@ -129,7 +129,7 @@ def test_plot_length_histogram(tmp_path, sampled):
         plot_length_histogram([3], tmp_path / "h.png", reference=[1.5])
 
 
-def test_frame_rows_and_metric_bars_leave_matplotlib_state_alone(tmp_path):
+def test_figures_leave_matplotlib_state_alone(tmp_path):
     import subprocess
     import sys
 
@@ -144,8 +144,16 @@ viz.plot_frame_rows(rows, {str(tmp_path / 'rows.png')!r}, "title", max_columns=8
 est = lambda v: {{"value": v, "ci95": [v - 0.1, v + 0.2]}}
 viz.plot_metric_bars({{"x": {{"m": est(1.0)}}, "y": {{"m": est(2.0)}}}}, ["m"], {str(tmp_path / 'bars.png')!r},
                      labels={{"m": "metric"}})
+row = lambda n: {{f"sampling_{{k}}_{{m}}": float(n * (i + 1)) for i, m in enumerate(["flowception", "full_sequence"])
+                  for k in ("flops", "seconds")}} | {{"train_seconds_flowception": 0.1 * n,
+                  "train_flops_full_total": 3.0 * n, "train_flops_flowception_configured_total": 1.0 * n}}
+viz.plot_efficiency({{"per_n": {{"8": row(8), "16": row(16)}}}}, {str(tmp_path / 'eff.png')!r})
 assert "matplotlib.pyplot" not in sys.modules
+import matplotlib  # no backend chosen (matplotlib.use sets one; reading rcParams["backend"] would resolve it)
+import os
+assert "MPLBACKEND" in os.environ or dict.__getitem__(matplotlib.rcParams, "backend") is matplotlib.rcsetup._auto_backend_sentinel
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (tmp_path / "rows.png").stat().st_size > 0 and (tmp_path / "bars.png").stat().st_size > 0
+    for name in ("rows.png", "bars.png", "eff.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
