@@ -46,10 +46,16 @@ TORCH_LIBRARY(flowception, m) {
       "local_frame_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? out, Tensor lse,"
       " Tensor? grad_lse, Tensor cu_seqlens, int tokens_per_frame, int window, bool causal, float scale)"
       " -> (Tensor, Tensor, Tensor)");
+
+  // Private, for tests: C = A B (+ C when c is given) through one GEMM kernel of csrc/cpu/gemm.h,
+  // kernel = "blas_nn" | "blas_nt" | "blas_tn" (float, double; a is [k, m] for tn, b is [n, k]
+  // for nt), "fma" (float, AVX-512 builds), "bf16" | "bf16_transposed" (bfloat16 in, float out,
+  // b is [n, k] for the transposed packing; where a bf16 backend exists).
+  m.def("_cpu_gemm_test(Tensor a, Tensor b, str kernel, Tensor? c=None) -> Tensor");
 }
 
 namespace flowception {
-const char* bf16_gemm_backend();  // csrc/cpu/local_attention.cpp
+const char* bf16_gemm_backend();  // csrc/cpu/gemm.cpp
 }
 
 namespace {

@@ -16,7 +16,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "adaln_ops.h"
+#include "adaln.h"
 #include "common/layernorm.h"
 #include "cpu/vec_round.h"
 

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "checks.h"
-#include "ragged_plan.h"
+#include "ragged.h"
 #include "common/philox.h"
 
 namespace flowception {

@@ -1,11 +1,11 @@
 // CUDA glue of the per-frame AdaLN ops: the drivers behind the shared op entry points and checks
-// (csrc/adaln_ops.h): output allocation and the raw-pointer launchers of adaln.cu on the current stream.
+// (csrc/adaln.h): output allocation and the raw-pointer launchers of adaln.cu on the current stream.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "adaln_ops.h"
+#include "adaln.h"
 #include "cuda/adaln_launch.h"
 #include "cuda/glue.h"
 

@@ -7,22 +7,15 @@
 
 #include <vector>
 
+#include "cuda/glue.h"
 #include "cuda/local_attention_launch.h"
-#include "local_attention_checks.h"
+#include "local_attention.h"
 
 namespace flowception {
 namespace {
 
 using at::Tensor;
-
-cuda::DType launch_dtype(at::ScalarType st) {
-  switch (st) {
-    case at::kFloat: return cuda::DType::kFloat32;
-    case at::kDouble: return cuda::DType::kFloat64;
-    case at::kHalf: return cuda::DType::kFloat16;
-    default: return cuda::DType::kBFloat16;  // check_floating admitted only these four
-  }
-}
+using cuda::check_launch;
 
 // Checks the arguments and describes the problem; the contiguous inputs it points at are
 // returned in `keep`, which must outlive the launch.
@@ -33,13 +26,9 @@ cuda::AttentionProblem make_problem(const Tensor& q, const Tensor& k, const Tens
   const int64_t d = q.size(2);
   TORCH_CHECK_VALUE(d == 32 || d == 64 || d == 128, "head dim q.size(2) must be 32, 64 or 128 on CUDA, got ", d);
   keep = {q.contiguous(), k.contiguous(), v.contiguous(), cu_seqlens.contiguous()};
-  return {launch_dtype(q.scalar_type()), keep[0].const_data_ptr(), keep[1].const_data_ptr(), keep[2].const_data_ptr(),
+  return {cuda::dtype_of(q), keep[0].const_data_ptr(), keep[1].const_data_ptr(), keep[2].const_data_ptr(),
           keep[3].const_data_ptr<int64_t>(), cu_seqlens.numel() - 1, q.size(0), q.size(1), d, tokens_per_frame,
           window, causal, scale};
-}
-
-void check_launch(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, what, " failed: ", cudaGetErrorString(err));
 }
 
 std::tuple<Tensor, Tensor> local_frame_attention_cuda(const Tensor& q, const Tensor& k, const Tensor& v,

@@ -1,5 +1,5 @@
 // CUDA glue of ragged_insert / ragged_strip (built only with a CUDA build of torch): the shared
-// checks and index bookkeeping run on host copies (csrc/ragged_plan.h), the row copies and the
+// checks and index bookkeeping run on host copies (csrc/ragged.h), the row copies and the
 // Philox noise run in the kernels of ragged.cu on the current stream.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -8,7 +8,7 @@
 
 #include "cuda/glue.h"
 #include "cuda/ragged_launch.h"
-#include "ragged_plan.h"
+#include "ragged.h"
 
 namespace flowception {
 namespace {
