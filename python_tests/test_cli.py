@@ -134,3 +134,49 @@ def test_video_folder_options_and_their_errors(tmp_path, capsys):
         with pytest.raises(SystemExit):
             main(["train", "--dataset", "toy-coloring", "--frame-size", bad, "--out", str(tmp_path)])
         assert "--frame-size: expected a size S or HxW" in capsys.readouterr().err
+
+
+def _write_npy_videos(folder, videos):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, v in enumerate(videos):
+        np.save(folder / f"v{i:02d}.npy", v.numpy())
+
+
+def test_eval_psnr_ssim_from_folders_and_a_checkpoint(tiny_run, tmp_path, capsys):
+    g = torch.Generator().manual_seed(0)
+    reference = [torch.rand(6, 3, 12, 12, generator=g) * 2 - 1 for _ in range(3)]
+    generated = [(v + 0.1 * torch.randn(v.shape, generator=g)).clamp(-1, 1) for v in reference]
+    _write_npy_videos(tmp_path / "ref", reference)
+    _write_npy_videos(tmp_path / "gen", generated)
+    assert main(["eval", "--generated", str(tmp_path / "gen"), "--reference", str(tmp_path / "ref"),
+                 "--metrics", "psnr,ssim", "--out", str(tmp_path / "eval.json"), "--no-progress"]) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert set(result) == {"psnr", "ssim", "settings"} and len(result["psnr"]["per_video"]) == 3
+    assert 15 < result["psnr"]["mean"] < 30 and 0 < result["ssim"]["mean"] < 1
+    # samples of a checkpoint (toy-coloring frames are 3×3: PSNR pairs them with 3×3 references)
+    _write_npy_videos(tmp_path / "toy", [torch.rand(5, 3, 3, 3, generator=g) * 2 - 1 for _ in range(2)])
+    assert main(["eval", "--checkpoint", str(tiny_run), "--reference", str(tmp_path / "toy"), "--metrics", "psnr",
+                 "--steps", "4", "--max-frames", "20", "--out", str(tmp_path / "ck.json"), "--no-progress"]) == 0
+    assert len(json.loads((tmp_path / "ck.json").read_text())["psnr"]["per_video"]) == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--metrics", "fvd,lpips"], "--metrics: expected a comma-separated subset of fvd,psnr,ssim"),
+    (["--num-frames", "4"], "--num-frames: I3D needs at least 9 frames"),
+    (["--reference", "MISSING"], "--reference: MISSING is not a directory"),
+])
+def test_eval_bad_input_is_one_line(tmp_path, argv, message, capsys):
+    _write_npy_videos(tmp_path / "v", [torch.zeros(3, 3, 12, 12)] * 2)
+    base = {"--generated": str(tmp_path / "v"), "--reference": str(tmp_path / "v"), "--metrics": "psnr",
+            "--out": str(tmp_path / "e.json")}
+    base.update(dict(zip(argv[::2], argv[1::2])))
+    with pytest.raises(SystemExit, match=message.replace("(", r"\(")):
+        main(["eval", *[x for kv in base.items() for x in kv]])
+
+
+def test_eval_fvd_without_weights_names_the_fetch_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOWCEPTION_CACHE", str(tmp_path / "empty"))
+    _write_npy_videos(tmp_path / "v", [torch.zeros(9, 3, 12, 12)] * 2)
+    with pytest.raises(SystemExit, match="flowception fetch i3d"):
+        main(["eval", "--generated", str(tmp_path / "v"), "--reference", str(tmp_path / "v"), "--out",
+              str(tmp_path / "e.json"), "--no-progress"])

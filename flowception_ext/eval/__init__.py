@@ -6,11 +6,16 @@ and bootstrap and paired intervals.
 * :mod:`~flowception_ext.eval.shapes` — MovingShapes: :func:`consistency`, per-video metrics and
   motion statistics, error curves over frame indices;
 * :mod:`~flowception_ext.eval.stats` — :func:`frechet_distance`, :func:`bootstrap_ci`,
-  :func:`paired_difference`, :func:`summarise`.
+  :func:`paired_difference`, :func:`summarise`;
+* :mod:`~flowception_ext.eval.i3d` — :class:`I3D` with DeepMind's Kinetics-400 weights
+  (:func:`fetch_i3d`, ``flowception fetch i3d``);
+* :mod:`~flowception_ext.eval.metrics` — :func:`fvd`, :func:`i3d_features`, :func:`psnr`, :func:`ssim`.
 """
 
 from .shapes import (FEATURES, ShapesConsistency, clipped_errors, consistency, drift_slope, error_curve, is_consistent,
                      video_features, video_metrics)
+from .i3d import I3D, fetch_i3d, prepare_videos
+from .metrics import fvd, i3d_features, psnr, ssim
 from .stats import bootstrap_ci, estimate, frechet_distance, paired_difference, standardiser, summarise
 from .toy import (MANIFOLD_RULES, ManifoldCheck, check_manifold, check_manifold_batch, fit_stride_offsets,
                   frame_ring_misfit, is_on_manifold, ring_offsets)
@@ -20,5 +25,6 @@ __all__ = [
     "frame_ring_misfit", "is_on_manifold", "ring_offsets",
     "FEATURES", "ShapesConsistency", "clipped_errors", "consistency", "drift_slope", "error_curve", "is_consistent",
     "video_features", "video_metrics",
+    "I3D", "fetch_i3d", "prepare_videos", "fvd", "i3d_features", "psnr", "ssim",
     "bootstrap_ci", "estimate", "frechet_distance", "paired_difference", "standardiser", "summarise",
 ]
