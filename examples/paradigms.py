@@ -95,11 +95,11 @@ def main(argv: list[str] | None = None) -> dict:
     videos, sampling = {}, {}
     for name, model in models.items():
         t = sc.Timer()
-        videos[name] = _sample(name, model, real, args)
+        videos[name] = sample_method(name, model, real, args)
         seconds = float(t)
         subset = real[:args.flop_videos]
         kept: list = []
-        counted = count_flops(lambda: kept.extend(_sample(name, model, subset, args)))["total"]
+        counted = count_flops(lambda: kept.extend(sample_method(name, model, subset, args)))["total"]
         frames_counted = sum(v.shape[0] - 1 for v in kept)  # generated frames
         sampling[name] = {"seconds_per_video": seconds / len(real), "seconds_total": seconds,
                           "gflops_per_video": counted / len(subset) / 1e9,
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
-def _sample(name: str, model: fe.FlowceptionDiT, real: list[torch.Tensor], args) -> list[torch.Tensor]:
+def sample_method(name: str, model: fe.FlowceptionDiT, real: list[torch.Tensor], args) -> list[torch.Tensor]:
     """Continue each real video's first frame with the method ``name``."""
     if name == "flowception":
         contexts = [fe.Context.image_to_video(v[0]) for v in real]
