@@ -54,7 +54,8 @@ from . import _devices
 from ._utils import dataclass_from_dict
 from .baselines import make_autoregressive_state, make_full_sequence_state
 from .checkpoint import atomic_directory, load_json, load_tensors, save_json, save_tensors
-from .data import FrameBudgetBatchSampler, VideoDataset, collate_videos
+from .data import FrameBudgetBatchSampler, VideoDataset
+from .data.loading import KeyedItems, MicroBatches, collate_keyed
 from .losses import flowception_loss
 from .model import FlowceptionDiT
 from .model.config import FlowceptionConfig
@@ -343,9 +344,9 @@ class Trainer:
         """A DataLoader iterator over the micro-batches from the consumed position on (slot ``first``
         next): copies of the samplers drive it, so its prefetching does not move the positions a
         checkpoint stores."""
-        batches = _MicroBatches([copy.deepcopy(s) for s in self.samplers], self._keyed, first)
+        batches = MicroBatches([copy.deepcopy(s) for s in self.samplers], self._keyed, first)
         loader = torch.utils.data.DataLoader(
-            _KeyedItems(self.dataset), batch_sampler=batches, collate_fn=_collate_micro_batch,
+            KeyedItems(self.dataset), batch_sampler=batches, collate_fn=collate_keyed,
             num_workers=self.config.num_workers,
             generator=torch.Generator().manual_seed(self.config.seed))  # leaves the global RNG alone
         return iter(loader)
@@ -543,48 +544,6 @@ def _read_checkpoint(directory: Path) -> dict[str, Any]:
             "model": load_tensors(directory / "model.safetensors", device="cpu"),
             "ema": load_tensors(directory / "ema.safetensors", device="cpu"),
             "optimizer": load_tensors(directory / "optimizer.safetensors", device="cpu")}
-
-
-class _MicroBatches:
-    """The DataLoader's batch sampler: the micro-batches of the accumulation slots in the order
-    the steps consume them (slot ``first``, ..., ``A - 1``, then ``0 .. A - 1`` every step),
-    without end; items of a VideoDataset are keyed ``(index, epoch)``."""
-
-    def __init__(self, samplers: list[FrameBudgetBatchSampler], keyed: bool, first: int = 0) -> None:
-        self.samplers, self.keyed, self.first = samplers, keyed, first
-
-    def __iter__(self):
-        streams = [s.endless() for s in self.samplers]
-        a = self.first
-        while True:
-            epoch, batch = next(streams[a])
-            yield [(i, epoch) for i in batch] if self.keyed else list(batch)
-            a = (a + 1) % len(streams)
-
-
-class _KeyedItems(torch.utils.data.Dataset):
-    """``dataset[key]`` together with its key, so the trainer can check what the loader brings."""
-
-    def __init__(self, dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        return key, self.dataset[key]
-
-
-def _collate_micro_batch(pairs: list) -> tuple[list, PackedVideos, Tensor | None]:
-    """``(keys, packed videos, labels or None)`` from ``(key, item)`` pairs; an item is a video
-    or a ``(video, label)`` pair."""
-    keys = [key for key, _ in pairs]
-    items = [item for _, item in pairs]
-    labels = None
-    if items and isinstance(items[0], tuple):
-        labels = torch.tensor([int(item[1]) for item in items], dtype=torch.int64)
-        items = [item[0] for item in items]
-    return keys, collate_videos(items), labels
 
 
 class _DDPModel(nn.Module):
