@@ -10,14 +10,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..data import TensorFolder, VideoFolder
 from .i3d import I3D
 from .metrics import FEATURES, fvd, i3d_features, psnr, ssim
 
 __all__ = ["METRICS", "evaluate", "read_videos"]
 
 METRICS = ("fvd", "psnr", "ssim")
-VIDEO_SUFFIXES = (".gif", ".mp4", ".webm", ".avi", ".mov", ".mkv")
-TENSOR_SUFFIXES = (".npy", ".safetensors")
+VIDEO_SUFFIXES = VideoFolder.extensions
+TENSOR_SUFFIXES = TensorFolder.extensions
 
 
 def read_videos(directory: str | Path) -> list[Tensor]:
