@@ -30,11 +30,12 @@ from .ops.reference import check_cu_seqlens
 from .packing import PackedVideos, times_dtype_for
 from .schedules import (KappaScheduler, LinearKappa, LogitNormalTime, TimeDistribution, kappa_from_name,
                         time_distribution_from_name)
+from .tasks import TRAINING_TASKS, canonical_task
 
 __all__ = ["TASKS", "ROLE_FREE", "ROLE_START", "ROLE_CONTEXT", "NoisingConfig", "TrainingState",
            "make_training_state"]
 
-TASKS = ("unconditional", "image_to_video", "interpolation")
+TASKS = TRAINING_TASKS
 """Task names; ``TrainingState.task`` holds indices into this tuple."""
 
 ROLE_FREE, ROLE_START, ROLE_CONTEXT = 0, 1, 2
@@ -82,9 +83,7 @@ class NoisingConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.tasks, dict):
             raise TypeError(f"tasks must be a dict of task name -> probability, got {type(self.tasks).__name__}")
-        unknown = sorted(set(self.tasks) - set(TASKS))
-        if unknown:
-            raise ValueError(f"tasks has unknown task names {unknown}; expected names from {list(TASKS)}")
+        object.__setattr__(self, "tasks", {canonical_task(name, "tasks", TASKS): p for name, p in self.tasks.items()})
         for name, p in self.tasks.items():
             if not isinstance(p, (int, float)) or not math.isfinite(p) or p < 0:
                 raise ValueError(f"tasks[{name!r}] must be a finite probability >= 0, got {p!r}")

@@ -43,7 +43,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -53,6 +53,7 @@ from tqdm.auto import tqdm
 from . import _devices
 from ._utils import dataclass_from_dict
 from .baselines import make_autoregressive_state, make_full_sequence_state
+from .callbacks import Callback, make_loggers
 from .checkpoint import atomic_directory, load_json, load_tensors, save_json, save_tensors
 from .data import FrameBudgetBatchSampler, VideoDataset
 from .data.loading import KeyedItems, MicroBatches, collate_keyed
@@ -275,16 +276,31 @@ class Trainer:
     otherwise it stays where it is. Training states are drawn on the CPU from a CPU generator
     and moved to that device, so a seed means the same inputs on every device; collectives use
     CPU tensors for gloo and the CUDA device for NCCL; checkpoints hold CPU tensors.
+
+    Callbacks and loggers (:mod:`flowception_ext.callbacks`) run on rank 0: ``loggers`` are
+    names from :data:`~flowception_ext.callbacks.LOGGERS` or callback instances (default:
+    ``metrics.jsonl``), ``callbacks`` any further :class:`~flowception_ext.callbacks.Callback`.
+    With ``config.preview_every``, an unconditional video sampled with the EMA weights (the same
+    noise each time) goes to every callback's ``on_video``.
     """
 
-    def __init__(self, model: FlowceptionDiT, dataset, config: TrainConfig,
-                 preview: Callable[["Trainer", int], None] | None = None, *,
+    def __init__(self, model: FlowceptionDiT, dataset, config: TrainConfig, *,
+                 callbacks: Sequence[Callback] = (), loggers: Sequence[str | Callback] = ("jsonl",),
                  device: str | torch.device | None = None) -> None:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         self.config = config
         self.dataset = dataset
-        self.preview = preview
+        names = [x for x in loggers if isinstance(x, str)]
+        self.callbacks: list[Callback] = [*make_loggers(names), *(x for x in loggers if not isinstance(x, str)),
+                                          *callbacks]
+        for cb in self.callbacks:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks and loggers must be Callback instances (or logger names), "
+                                f"got {type(cb).__name__}")
+        self._pending: list[dict] = []  # records logged before fit() started the loggers
+        self._fitting = False
+        self._stop_requested = False
         self.objective = _objectives()[config.objective]
         self.distributed = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if self.distributed else 0
@@ -414,11 +430,21 @@ class Trainer:
         cfg = self.config
         until = cfg.steps if until is None else min(until, cfg.steps)
         bar = tqdm(total=until, initial=self.step, desc="train", disable=not cfg.progress or self.rank != 0)
+        last: dict[str, float] = {}
+        self._stop_requested = False
         try:
-            return self._fit_loop(until, bar)
+            self._call("on_fit_start")
+            self._fitting = True
+            for record in self._pending:
+                self._call("on_log", record)
+            self._pending = []
+            last = self._fit_loop(until, bar)
+            return last
         finally:
+            self._fitting = False
             self._stop_loader()  # the workers exit; a later fit() starts a loader where this one stopped
             bar.close()
+            self._call("on_fit_end", last)
 
     def _fit_loop(self, until: int, bar) -> dict[str, float]:
         cfg = self.config
@@ -428,24 +454,71 @@ class Trainer:
             metrics = self.train_step()
             window_frames += metrics["frames"]
             last = metrics
+            self._call("on_step_end", metrics)
             if self.rank == 0:
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == until:
                     elapsed = time.perf_counter() - window_start
                     record = {"step": self.step, **{k: round(v, 6) for k, v in metrics.items()},
                               "frames_per_s": round(window_frames / max(elapsed, 1e-9), 1)}
-                    self._append_metrics(record)
+                    self.log(record)
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}", fps=f"{record['frames_per_s']:.0f}")
                     window_frames, window_start = 0, time.perf_counter()
-            if cfg.preview_every and self.step % cfg.preview_every == 0 and self.preview is not None and self.rank == 0:
-                self.preview(self, self.step)
-            if self.step % cfg.checkpoint_every == 0 or self.step == until:
-                self.save_checkpoint()
+            if cfg.preview_every and self.step % cfg.preview_every == 0 and self.rank == 0:
+                self._call("on_video", "preview", self.preview_video())
+            stopping = self._stop_requested
+            if self.distributed:  # every rank stops at the same step
+                flag = torch.tensor([float(stopping)], device=self.collective_device)
+                dist.all_reduce(flag)
+                stopping = bool(flag.item())
+            if self.step % cfg.checkpoint_every == 0 or self.step == until or stopping:
+                path = self.save_checkpoint()
+                if path is not None:
+                    self._call("on_checkpoint", path)
+            if stopping:
+                break
         return last
 
-    def _append_metrics(self, record: dict) -> None:
-        with open(self.out_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+    def stop(self) -> None:
+        """Ask :meth:`fit` to stop after the current step (with a checkpoint), e.g. from a callback."""
+        self._stop_requested = True
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Hand ``record`` (with a ``step``) to every logger's ``on_log`` (rank 0); before
+        :meth:`fit` starts the loggers, it waits for them."""
+        if self.rank != 0:
+            return
+        if self._fitting:
+            self._call("on_log", record)
+        else:
+            self._pending.append(record)
+
+    def _call(self, hook: str, *args) -> None:
+        if self.rank == 0:
+            for cb in self.callbacks:
+                getattr(cb, hook)(self, *args)
+
+    @torch.no_grad()
+    def preview_video(self, steps: int = 32) -> Tensor:
+        """One unconditional video, ``[n, C, H, W]`` on the CPU, sampled with the EMA weights in
+        ``steps`` steps (per frame for the autoregressive baseline) from the same seed at every
+        call; baselines generate the dataset's median length. The global RNG is left alone."""
+        from .sampling import sample, sample_autoregressive, sample_full_sequence
+
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(self.ema)  # copies into the model's dtypes and device
+        lengths = sorted(self.dataset.lengths)
+        median = int(lengths[len(lengths) // 2])
+        labels = torch.zeros(1, dtype=torch.long) if model.config.num_classes else None
+        common = dict(num_videos=1, labels=labels, generator=torch.Generator().manual_seed(self.config.seed),
+                      progress=False)
+        if self.config.objective == "flowception":
+            out = sample(model, steps=steps, max_frames=2 * lengths[-1], **common)
+        elif self.config.objective == "full_sequence":
+            out = sample_full_sequence(model, num_frames=median, steps=steps, **common)
+        else:
+            out = sample_autoregressive(model, num_frames=median, steps_per_frame=steps, **common)
+        return out.videos[0].float().cpu()
 
     # ---- checkpoints --------------------------------------------------------------------
 

