@@ -13,7 +13,9 @@ from ._utils import describe
 from .noising import TrainingState
 from .schedules import KappaScheduler, kappa_from_name
 
-__all__ = ["LossOutput", "flowception_loss"]
+__all__ = ["LossOutput", "RATE_SLOTS", "flowception_loss"]
+
+RATE_SLOTS = ("insertable", "flowing")
 
 
 @dataclass
@@ -34,6 +36,7 @@ def flowception_loss(
     hazard_weighting: bool = False,
     kappa: str | dict | KappaScheduler | None = None,
     velocity_weight: Tensor | None = None,
+    rate_slots: str = "insertable",
 ) -> LossOutput:
     """The Flowception loss of a model output on a training state.
 
@@ -56,6 +59,10 @@ def flowception_loss(
         velocity_weight: ``[N]`` non-negative weight of each frame's squared velocity error
             (``None``: all 1). Pass ``model.velocity_loss_weight(state.inputs.times)``: a model
             predicting clean frames needs it (see :meth:`FlowceptionDiT.velocity_loss_weight`).
+        rate_slots: which slots the insertion loss covers: ``"insertable"`` (every insertable
+            slot, as docs/algorithm.md §4) or ``"flowing"`` (only those of context frames and of
+            frames still flowing, τ < 1: a finished frame's slot drops out, as in the reference
+            code).
     """
     target = state.velocity_target
     if not isinstance(velocity, Tensor) or velocity.shape != target.shape:
@@ -70,6 +77,8 @@ def flowception_loss(
     for name, x in (("velocity", velocity), ("log_rate", log_rate), ("velocity_weight", velocity_weight)):
         if x is not None and not x.is_floating_point():
             raise TypeError(f"{name} must be a floating tensor, got {x.dtype}")
+    if rate_slots not in RATE_SLOTS:
+        raise ValueError(f"rate_slots must be one of {RATE_SLOTS}, got {rate_slots!r}")
     if hazard_weighting and kappa is None:
         raise ValueError("hazard_weighting needs kappa (the scheduler the state was drawn with)")
 
@@ -87,6 +96,8 @@ def flowception_loss(
     # Insertion: Poisson NLL (up to log K!) λ − K log λ = exp(ℓ) − K ℓ, over the insertable slots.
     ell = log_rate.to(torch.promote_types(log_rate.dtype, torch.float32))
     insertable = state.inputs.insertable
+    if rate_slots == "flowing":  # a finished frame's slot drops out; a context frame's stays
+        insertable = insertable & (state.flowing | state.inputs.is_context)
     nll = ell.exp() - state.insert_counts.to(ell.dtype) * ell
     if hazard_weighting:
         rho = kappa_from_name(kappa).hazard(state.tau_g.clamp(max=1))  # ρ(1) = 0

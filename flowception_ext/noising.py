@@ -63,6 +63,12 @@ class NoisingConfig:
         interpolation_p_last: in interpolation samples of >= 3 frames, the probability that the
             last frame is context too (1 = the paper's interpolation setting, first and last
             frames given; 0 = scene completion by extension).
+        start_last: the last frame of a video (when it is not context) is a starting frame too,
+            present from the start and denoised with the others (the reference code's toy
+            setting; frame 0 is always present). Nothing is inserted after it, so it fixes where
+            the video ends: sampling must then start from as many frames.
+        context_noise: standard deviation of Gaussian noise added to the context frames' inputs
+            (the reference code adds 0.1 to its image-to-video context), 0: clean context.
         interpolation_max_interior: in interpolation samples, the number of context frames
             strictly between the first and the last frame is uniform on
             ``{0, ..., min(interpolation_max_interior, n − 2 − last_is_context)}`` (the paper gives
@@ -79,6 +85,8 @@ class NoisingConfig:
     p_uncond: float = 0.1
     interpolation_p_last: float = 0.5
     interpolation_max_interior: int = 2
+    start_last: bool = False
+    context_noise: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.tasks, dict):
@@ -95,6 +103,11 @@ class NoisingConfig:
             p = getattr(self, name)
             if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {p!r}")
+        if not isinstance(self.start_last, bool):
+            raise TypeError(f"start_last must be a bool, got {type(self.start_last).__name__}")
+        c = self.context_noise
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0:
+            raise ValueError(f"context_noise must be a finite number >= 0, got {c!r}")
         m = self.interpolation_max_interior
         if isinstance(m, bool) or not isinstance(m, int) or m < 0:
             raise ValueError(f"interpolation_max_interior must be an int >= 0, got {m!r}")
@@ -212,6 +225,10 @@ def make_training_state(
     # t X¹ + (1 − t) ε = X¹ + (t − 1)(X¹ − ε) in one pass; t = 1 gives X¹ exactly (context, terminal).
     noisy = torch.addcmul(x1c, (t.to(compute) - 1).view(-1, 1, 1, 1), target).to(x1.dtype)
     target = target.to(x1.dtype)
+    if config.context_noise > 0 and bool(ctx_kept.any()):  # (no draw otherwise: the stream stays as it was)
+        ctx_rows = ctx_kept.nonzero().flatten()
+        jitter = torch.randn((ctx_rows.numel(), *x1.shape[1:]), generator=generator, dtype=compute, device=dev)
+        noisy[ctx_rows] = (noisy[ctx_rows].to(compute) + config.context_noise * jitter).to(x1.dtype)
 
     inputs = PackedVideos(noisy, cu_kept, t, ctx_kept, insertable[src])
     dropped = torch.rand(videos.num_videos, generator=generator, device=dev) < config.p_uncond
@@ -272,7 +289,10 @@ def _draw_roles(config: NoisingConfig, task: Tensor, cu: Tensor, vid: Tensor, po
 
     extra = _random_subset(~first & ~is_ctx, torch.full_like(lengths, config.n_start - 1), cu, vid, generator)
     roles = torch.full_like(pos, ROLE_FREE)
-    roles[(first & ~is_ctx) | extra] = ROLE_START
+    start = (first & ~is_ctx) | extra
+    if config.start_last:
+        start |= last & ~is_ctx
+    roles[start] = ROLE_START
     roles[is_ctx] = ROLE_CONTEXT
     return roles
 

@@ -57,7 +57,7 @@ from .callbacks import Callback, make_loggers
 from .checkpoint import atomic_directory, load_json, load_tensors, save_json, save_tensors
 from .data import FrameBudgetBatchSampler, VideoDataset
 from .data.loading import KeyedItems, MicroBatches, collate_keyed
-from .losses import flowception_loss
+from .losses import RATE_SLOTS, flowception_loss
 from .model import FlowceptionDiT
 from .model.config import FlowceptionConfig
 from .noising import NoisingConfig, TrainingState, make_training_state
@@ -95,6 +95,7 @@ class TrainConfig:
     objective: str = "flowception"  # or "full_sequence", "autoregressive" (the baselines)
     noising: NoisingConfig = field(default_factory=NoisingConfig)
     insertion_weight: float = 1.0
+    rate_slots: str = "insertable"  # or "flowing" (see flowception_loss)
     out_dir: str = "runs/default"
     log_every: int = 10
     checkpoint_every: int = 200
@@ -118,6 +119,8 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0 and min_lr_ratio in [0, 1], got {self.lr}, {self.min_lr_ratio}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.rate_slots not in RATE_SLOTS:
+            raise ValueError(f"rate_slots must be one of {RATE_SLOTS}, got {self.rate_slots!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {self.objective!r}")
 
@@ -158,7 +161,8 @@ def _objective(make_state: Callable, learns_rates: bool) -> Callable:
         velocity, log_rate = model(state.inputs, labels)
         return flowception_loss(velocity, log_rate if learns_rates else None, state,
                                 insertion_weight=config.insertion_weight if learns_rates else 0.0,
-                                velocity_weight=model.velocity_loss_weight(state.inputs.times))
+                                velocity_weight=model.velocity_loss_weight(state.inputs.times),
+                                rate_slots=config.rate_slots)
     return objective
 
 

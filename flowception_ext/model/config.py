@@ -58,6 +58,14 @@ class FlowceptionConfig:
             velocity error is ``‖X̂¹ − X¹‖² / (1 − t)²``, unbounded as ``t → 1``).
         log_rate_clamp: clamp of the predicted log-rate, for a stable ``λ = exp(log_rate)``.
         rope_theta: base of the rotary frequencies.
+        rope_frame_scale, rope_spatial_scale: multipliers on the frame index and on the patch
+            row/column before the rotation (1: positions as they are). The frame axis gets the
+            frequencies ``rope_frame_scale · θ^(−2k/d_frame)`` rad per frame, so a scale of 20
+            (the reference code's toy setting) gives neighbouring frames distinct angles on
+            more of its pairs.
+        rope_frame_dims: head dims given to the frame axis (even, at most the head dim; the rest
+            is split between rows and columns). ``None``: the default split, a third of the head
+            dim to each spatial axis (rounded down to even) and the rest to frames.
     """
 
     in_channels: int = 3
@@ -76,6 +84,9 @@ class FlowceptionConfig:
     clean_min_gap: float = 0.05
     log_rate_clamp: tuple[float, float] = (-12.0, 8.0)
     rope_theta: float = 10000.0
+    rope_frame_scale: float = 1.0
+    rope_spatial_scale: float = 1.0
+    rope_frame_dims: int | None = None
     layer_norm_eps: float = 1e-6
     extra: dict[str, Any] = field(default_factory=dict)  # free-form metadata saved with the model
 
@@ -117,6 +128,15 @@ class FlowceptionConfig:
             raise ValueError(f"num_classes must be an integer >= 0, got {self.num_classes!r}")
         if not self.mlp_ratio > 0:
             raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        for name in ("rope_frame_scale", "rope_spatial_scale"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+        fd = self.rope_frame_dims
+        if fd is not None and (not isinstance(fd, int) or isinstance(fd, bool) or fd < 0 or fd % 2
+                               or fd > self.head_dim or (self.head_dim - fd) % 4):
+            raise ValueError(f"rope_frame_dims must be None or an even integer in [0, head dim = {self.head_dim}] "
+                             f"leaving a multiple of 4 for rows and columns, got {fd!r}")
         lo, hi = self.log_rate_clamp
         if not lo < hi:
             raise ValueError(f"log_rate_clamp must be (low, high) with low < high, got {self.log_rate_clamp}")

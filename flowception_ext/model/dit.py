@@ -46,16 +46,17 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(emb.to(self.mlp[0].weight.dtype))
 
 
-def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
-    """Split an (even) head dim over the (frame, row, column) axes, each part even."""
-    spatial = 2 * (head_dim // 6)
+def rope_axis_dims(head_dim: int, frame_dims: int | None = None) -> tuple[int, int, int]:
+    """Split an (even) head dim over the (frame, row, column) axes, each part even: ``frame_dims``
+    to frames (default: what a third per spatial axis, rounded down to even, leaves)."""
+    spatial = 2 * (head_dim // 6) if frame_dims is None else (head_dim - frame_dims) // 2
     return head_dim - 2 * spatial, spatial, spatial
 
 
-def rope_angles(positions: Tensor, head_dim: int, theta: float) -> Tensor:
+def rope_angles(positions: Tensor, head_dim: int, theta: float, frame_dims: int | None = None) -> Tensor:
     """Rotation angles ``[T, head_dim / 2]`` for 3-axis positions ``[T, 3]`` (float)."""
     parts = []
-    for axis, dim in enumerate(rope_axis_dims(head_dim)):
+    for axis, dim in enumerate(rope_axis_dims(head_dim, frame_dims)):
         if dim == 0:
             continue
         freqs = theta ** (-torch.arange(0, dim, 2, device=positions.device, dtype=torch.float64) / dim)
@@ -239,7 +240,8 @@ class FlowceptionDiT(nn.Module):
         cols = torch.arange(gw, device=dev, dtype=torch.float32).repeat(gh)
         spatial = torch.stack([rows, cols], dim=-1)
         spatial = torch.cat([spatial, spatial.new_tensor([[(gh - 1) / 2, (gw - 1) / 2]])])  # (P, 2)
-        frame = (videos.position + frame_offset).to(torch.float32)
+        frame = (videos.position + frame_offset).to(torch.float32) * self.config.rope_frame_scale
+        spatial = spatial * self.config.rope_spatial_scale
         p = spatial.shape[0]
         return torch.cat([frame.repeat_interleave(p)[:, None], spatial.repeat(videos.num_frames, 1)], dim=-1)
 
@@ -281,7 +283,8 @@ class FlowceptionDiT(nn.Module):
 
         c = self.conditioning(videos, labels)  # (N, D)
         offset = 0 if cache is None else cache.num_frames
-        angles = rope_angles(self.token_positions(videos, offset), cfg.head_dim, cfg.rope_theta)[:, None]  # (T, 1, d/2)
+        angles = rope_angles(self.token_positions(videos, offset), cfg.head_dim, cfg.rope_theta,
+                             cfg.rope_frame_dims)[:, None]  # (T, 1, d/2)
         rope = (torch.cos(angles).to(dtype), torch.sin(angles).to(dtype))
         # max_frames once per forward: spares the stock attention backend a host sync per layer
         max_frames = int(videos.lengths.max()) if videos.num_videos else 0
