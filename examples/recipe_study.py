@@ -50,13 +50,17 @@ VARIANTS = {
     "rope20": {"model": dict(rope_frame_scale=20.0)},                   # frame positions × 20
     "rope20_wide": {"model": dict(rope_frame_scale=20.0, rope_frame_dims=16)},  # and 16 of 24 dims
     "start_frames": {"noising": dict(n_start=3, start_last=True)},      # frame 0, 2 more, the last
+    "start_frames_ref": {"noising": dict(n_start=4, start_last=True)},  # frame 0, 3 more, the last (ref)
+    "spatial200": {"model": dict(rope_spatial_scale=200.0)},            # rows, columns × 200 (ref)
     "tau_uniform": {"noising": dict(time_distribution="uniform")},
     "rate_flowing": {"train": dict(rate_slots="flowing")},
     "velocity": {"model": dict(prediction="velocity")},
+    "qk_norm": {"model": dict(qk_norm=True)},
     "positive_strides": {"data": dict(directions=(1,))},
 }
-COMBINATIONS = {  # filled in from the one-factor results (docs/experiments/recipe_study.md)
-    "patch1_rope20": ["patch1", "rope20"],
+COMBINATIONS = {  # the reference code's toy recipe, at patch 1 (its) and patch 3 (ours)
+    "reference_like": ["patch1", "rope20", "spatial200", "qk_norm", "start_frames_ref", "rate_flowing", "velocity"],
+    "reference_like_patch3": ["rope20_wide", "qk_norm", "start_frames_ref", "rate_flowing", "velocity"],
 }
 
 
@@ -87,7 +91,7 @@ class TimeBudget(fe.Callback):
 
 def run_variant(name: str, args) -> dict:
     """Train (unless finished before), probe and sample one variant; its summary."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     out = Path(args.out) / name
     summary_path = out / "summary.json"
     if summary_path.is_file():
@@ -138,6 +142,7 @@ def main() -> None:
     parser.add_argument("--num-videos", type=int, default=32768, help="training videos (generated, so cheap)")
     parser.add_argument("--num-samples", type=int, default=256, help="videos sampled per variant")
     parser.add_argument("--jobs", type=int, default=2, help="variants run at once (one thread each)")
+    parser.add_argument("--threads", type=int, default=1, help="threads per variant (1: the budget's unit)")
     parser.add_argument("--out", default="runs/recipe_study")
     parser.add_argument("--quick", action="store_true", help="seconds of training, few samples: a CI check")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run this variant in this process
@@ -155,7 +160,7 @@ def main() -> None:
     # The LR schedule (cosine over max_steps) must be the same for every variant: a budget cut
     # keeps the learning rate of the schedule's start, so the comparison is at equal schedules.
     passthrough = ["--budget-minutes", str(args.budget_minutes), "--max-steps", str(args.max_steps),
-                   "--num-videos", str(args.num_videos), "--num-samples", str(args.num_samples), "--out", args.out]
+                   "--num-videos", str(args.num_videos), "--num-samples", str(args.num_samples), "--threads", str(args.threads), "--out", args.out]
     running: list[subprocess.Popen] = []
     for name in names:
         while len(running) >= args.jobs:
@@ -170,7 +175,8 @@ def main() -> None:
         if not path.is_file():
             raise SystemExit(f"recipe_study: variant {name} did not finish (see its output above)")
         summaries.append(json.loads(path.read_text()))
-    (Path(args.out) / "study.json").write_text(json.dumps(summaries, indent=2))
+    settings = {k: getattr(args, k) for k in ("budget_minutes", "max_steps", "num_videos", "num_samples", "threads")}
+    (Path(args.out) / "study.json").write_text(json.dumps({"settings": settings, "variants": summaries}, indent=2))
     print(table(summaries))
 
 

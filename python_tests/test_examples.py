@@ -30,6 +30,7 @@ CASES = {
                            ("total_variation_distance", "fraction_on_manifold", "offset_accuracy_probe"), ("lengths.png",)),
     "length_modeling.py --objective full_sequence": ("summary.json",
                                                      ("lengths", "fraction_breaking_each_rule", "offset_accuracy_probe"), ()),
+    "recipe_study.py": ("study.json", ("settings", "variants"), ()),
     "real_clips.py": ("results.json", ("metrics", "clips", "train_flops_per_step"),
                       ("real_clips_lengths.png", "real_clips_examples.png")),
 }

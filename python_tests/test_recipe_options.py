@@ -83,3 +83,18 @@ def test_rope_frame_scale_and_dims():
     for bad in (dict(rope_frame_scale=0.0), dict(rope_frame_dims=7), dict(rope_frame_dims=22), dict(rope_frame_dims=26)):
         with pytest.raises(ValueError, match="rope_"):
             fe.FlowceptionConfig.from_preset("tiny", **bad)
+
+
+def test_qk_norm_normalises_queries_and_keys_per_head():
+    torch.manual_seed(0)
+    model = fe.FlowceptionDiT(fe.FlowceptionConfig.from_preset("tiny", frame_size=4, patch_size=2, qk_norm=True))
+    assert {"blocks.0.q_norm.weight", "blocks.0.k_norm.weight"} <= set(model.state_dict())
+    seen = {}
+    model.blocks[0].q_norm.register_forward_hook(lambda m, i, o: seen.setdefault("q", o))
+    velocity, _ = model(batch())
+    rms = seen["q"].square().mean(-1).sqrt()
+    assert torch.allclose(rms, torch.ones_like(rms), atol=1e-3)  # unit RMS per head (weights start at 1)
+    velocity.sum().backward()
+    assert model.blocks[0].q_norm.weight.grad is not None
+    plain = fe.FlowceptionDiT(fe.FlowceptionConfig.from_preset("tiny", frame_size=4, patch_size=2))
+    assert "blocks.0.q_norm.weight" not in plain.state_dict()

@@ -63,6 +63,8 @@ class FlowceptionConfig:
             frequencies ``rope_frame_scale · θ^(−2k/d_frame)`` rad per frame, so a scale of 20
             (the reference code's toy setting) gives neighbouring frames distinct angles on
             more of its pairs.
+        qk_norm: RMS-normalise queries and keys per head (with a learned scale) before the
+            rotation, as the reference code does; stabilises attention at high learning rates.
         rope_frame_dims: head dims given to the frame axis (even, at most the head dim; the rest
             is split between rows and columns). ``None``: the default split, a third of the head
             dim to each spatial axis (rounded down to even) and the rest to frames.
@@ -87,6 +89,7 @@ class FlowceptionConfig:
     rope_frame_scale: float = 1.0
     rope_spatial_scale: float = 1.0
     rope_frame_dims: int | None = None
+    qk_norm: bool = False
     layer_norm_eps: float = 1e-6
     extra: dict[str, Any] = field(default_factory=dict)  # free-form metadata saved with the model
 

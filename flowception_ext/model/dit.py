@@ -136,6 +136,9 @@ class DiTBlock(nn.Module):
         self.fc1 = nn.Linear(d, hidden)
         self.fc2 = nn.Linear(hidden, d)
         self.ada = nn.Linear(d, 6 * d)
+        head_dim = d // config.num_heads
+        self.q_norm = nn.RMSNorm(head_dim, eps=config.layer_norm_eps) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(head_dim, eps=config.layer_norm_eps) if config.qk_norm else None
 
     def forward(self, x: Tensor, c: Tensor, rope: tuple[Tensor, Tensor], attn: dict,
                 cache: LayerCache | None = None) -> Tensor:
@@ -147,6 +150,8 @@ class DiTBlock(nn.Module):
                                                         for m in self.ada(F.silu(c)).chunk(6, dim=-1))
         h = ops.adaln_modulate(x, shift1, scale1, p, self.eps)
         q, k, v = self.qkv(h).unflatten(-1, (3, self.num_heads, -1)).unbind(1)  # (T, H, d) each
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, *rope).to(v.dtype), apply_rope(k, *rope).to(v.dtype)
         if cache is None:
             a, _ = ops.local_frame_attention(q, k, v, attn["cu_seqlens"], p, attn["window"], causal=attn["causal"],
