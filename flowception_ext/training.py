@@ -461,7 +461,7 @@ class Trainer:
             self._call("on_step_end", metrics)
             if self.rank == 0:
                 bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == until:
+                if self.step % cfg.log_every == 0 or self.step == until or self._stop_requested:
                     elapsed = time.perf_counter() - window_start
                     record = {"step": self.step, **{k: round(v, 6) for k, v in metrics.items()},
                               "frames_per_s": round(window_frames / max(elapsed, 1e-9), 1)}

@@ -184,6 +184,7 @@ def test_a_callback_can_stop_the_run_with_a_checkpoint(tmp_path):
     trainer = tiny_trainer(tmp_path, callbacks=[StopAtThree()])
     trainer.fit()
     assert trainer.step == 3 and latest_checkpoint(tmp_path).name == "step_00000003"
+    assert [r["step"] for r in records(tmp_path)] == [2, 3]  # the last step is logged too
 
 
 def test_loggers_argument_and_bad_callbacks(tmp_path):

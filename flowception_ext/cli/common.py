@@ -65,6 +65,7 @@ def int_at_least(minimum: int):
     def parse(text: str) -> int:
         return _number(int, minimum, text)
     parse.__name__ = f"integer >= {minimum}"
+    parse.kind = int  # type: ignore[attr-defined]  (config files: an integer, not a float)
     return parse
 
 

@@ -192,7 +192,7 @@ def _coerce(dest: str, value, where: str):
         if isinstance(value, str) or action.type in (common.task_mixture, _loggers, common.frame_size):
             value = action.type(value) if action.type is not None else value
         elif action.type is not None:
-            kind = int if action.type is int or "integer" in getattr(action.type, "__name__", "") else float
+            kind = int if action.type is int or getattr(action.type, "kind", None) is int else float
             if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
                 raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {value!r}")
             value = action.type(str(value))
