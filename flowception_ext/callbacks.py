@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from torch import Tensor
 
+from .checkpoint import save_tensors, save_text
+
 if TYPE_CHECKING:
     from .training import Trainer
 
@@ -72,8 +74,6 @@ def _write_preview(trainer: "Trainer", tag: str, video: Tensor) -> Path:
     try:
         return save_video(video, _preview_path(trainer, tag, "gif"), fps=8)
     except ImportError:
-        from .checkpoint import save_tensors
-
         path = _preview_path(trainer, tag, "safetensors")
         save_tensors(path, {"video": video.detach().float().cpu().contiguous()})
         return path
@@ -92,9 +92,7 @@ class JsonlLogger(Callback):
         lines = path.read_text().splitlines()
         kept = [line for line in lines if _record_step(line) <= trainer.step]
         if len(kept) != len(lines):
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, path)
+            save_text(path, "".join(line + "\n" for line in kept))
 
     def on_log(self, trainer: "Trainer", record: dict[str, Any]) -> None:
         with open(trainer.out_dir / "metrics.jsonl", "a") as f:

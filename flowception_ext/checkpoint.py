@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-__all__ = ["save_tensors", "load_tensors", "save_json", "load_json", "atomic_directory"]
+__all__ = ["save_tensors", "load_tensors", "save_json", "save_text", "load_json", "atomic_directory"]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -67,7 +67,11 @@ def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") ->
 
 def save_json(path: str | os.PathLike, data: Any) -> None:
     """Write JSON atomically."""
-    text = json.dumps(data, indent=2, sort_keys=True)
+    save_text(path, json.dumps(data, indent=2, sort_keys=True))
+
+
+def save_text(path: str | os.PathLike, text: str) -> None:
+    """Write text atomically: a crash leaves the old file or the new one, never a mix."""
     _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 

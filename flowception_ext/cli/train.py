@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from ..callbacks import LOGGERS
+from ..checkpoint import save_text
 from . import common
 from .common import fail
 
@@ -291,12 +292,6 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, list]]:
     return values, changes
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def print_config(values: dict[str, Any]) -> None:
     try:
         import yaml
@@ -415,7 +410,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print("flowception: overriding " + ", ".join(f"{k} {_show(a)} -> {_show(b)}" for k, (a, b) in changes.items()),
                   file=sys.stderr)
     if trainer.rank == 0:  # the configuration this run continues with
-        _write_atomic(out / RUN_CONFIG, json.dumps(nested(values), indent=2) + "\n")
+        save_text(out / RUN_CONFIG, json.dumps(nested(values), indent=2) + "\n")
     try:
         metrics = trainer.fit(until=args.stop_after)
     except TrainingDiverged as exc:
