@@ -7,14 +7,19 @@ thread (the run stops at the first step past it, so the steps reached differ by 
 are reported). Then, on the EMA weights: the offset probe (the fraction of frames whose ring
 offset the clean-frame estimate gets right, all frames noised to t = 0.4, as
 examples/length_modeling.py), and ``--num-samples`` sampled videos: the on-manifold rate, the
-length total-variation distance and the border misfit. ``--jobs`` variants run at once, each in
-its own process with one thread.
+length total-variation distance and the border misfit. With ``--dataset shapes``: MovingShapes
+image-to-video (the recipe of examples/paradigms.py as the baseline), ``--num-samples`` held-out
+first frames continued, and the median consistency error, the frames within 1 px and the
+Fréchet distance of motion statistics, each with a bootstrap 95 % interval. ``--jobs`` variants
+run at once, each in its own process with one thread.
 
     python examples/recipe_study.py --out runs/recipe_study                     # every variant, 20 min each
     python examples/recipe_study.py --variants baseline,patch1 --budget-minutes 5
+    python examples/recipe_study.py --dataset shapes --budget-minutes 10 --num-samples 96   # MovingShapes I2V
     python examples/recipe_study.py --quick --out /tmp/rs                        # CI check (under 3 min)
 
-A rerun reuses the finished variants in ``--out`` (delete a variant's folder to redo it).
+A rerun reuses the finished variants in ``--out`` (delete a variant's folder to redo it) and
+continues an interrupted one from its last checkpoint, with the CPU budget it had left.
 """
 
 from __future__ import annotations
@@ -27,12 +32,16 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import flowception_ext as fe
+from flowception_ext.checkpoint import save_text
 from flowception_ext.data import ToyColoring
+from flowception_ext.eval import summarise, video_features, video_metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import shapes_common as sc  # noqa: E402  (the MovingShapes data, sampling and metrics)
 from length_modeling import frame_figures, offset_probe  # noqa: E402  (the probe and checker figures)
 
 # The baseline recipe (examples/length_modeling.py) and each variant's changes to it: model
@@ -55,19 +64,38 @@ VARIANTS = {
     "tau_uniform": {"noising": dict(time_distribution="uniform")},
     "rate_flowing": {"train": dict(rate_slots="flowing")},
     "velocity": {"model": dict(prediction="velocity")},
+    "clean": {"model": dict(prediction="clean")},                       # (the toy baseline's already)
+    "context_zero": {"model": dict(context_init="zero")},  # context channels start at 0: a context reads as a clean frame
     "qk_norm": {"model": dict(qk_norm=True)},
     "positive_strides": {"data": dict(directions=(1,))},
+    "width240": {"model": dict(depth=6, hidden_size=240, num_heads=8)},  # the reference Tiny's width and depth
+    "frame_dims18": {"model": dict(rope_frame_dims=18)},                # (head dim 30: 12 left for rows, columns)
 }
+# MovingShapes image-to-video (16×16, one shape, 8–16 frames): the recipe of examples/paradigms.py
+# (velocity prediction, 4×4 patches, lr 2e-3, 128 frames a step), sampled with 40 steps per frame
+# from held-out first frames. The variants that change neither the data nor the patch size apply.
+SHAPES_BASELINE = {
+    "model": dict(patch_size=4, context_init="random"),  # (the default before this study)
+    "noising": dict(tasks={"image_to_video": 1.0}),
+    "train": dict(lr=2e-3, warmup_steps=50, frames_per_batch=128),
+    "data": dict(),
+    "sample": dict(steps=40),
+}
+SHAPES_VARIANTS = ("baseline", "rope20", "rope20_wide", "tau_uniform", "rate_flowing", "clean", "qk_norm", "context_zero",
+                   "context_zero_clean")
+SHAPES_ONLY = ("context_zero", "context_zero_clean")  # ToyColoring has no context
 COMBINATIONS = {  # the reference code's toy recipe, at patch 1 (its) and patch 3 (ours)
     "reference_like": ["patch1", "rope20", "spatial200", "qk_norm", "start_frames_ref", "rate_flowing", "velocity"],
     "reference_like_patch3": ["rope20_wide", "qk_norm", "start_frames_ref", "rate_flowing", "velocity"],
+    "width240_rope20_wide": ["width240", "rope20", "frame_dims18"],
+    "context_zero_clean": ["context_zero", "clean"],  # MovingShapes: the two changes that helped there  # frame positions × 20 on 18 of its 30 head dims
 }
 
 
-def recipe(name: str) -> dict:
-    """The baseline with the variant's changes (a combination: each of its parts' changes)."""
+def recipe(name: str, baseline: dict = BASELINE) -> dict:
+    """``baseline`` with the variant's changes (a combination: each of its parts' changes)."""
     parts = COMBINATIONS.get(name, [name])
-    out = {k: dict(v) for k, v in BASELINE.items()}
+    out = {k: dict(v) for k, v in baseline.items()}
     for part in parts:
         for section, changes in VARIANTS[part].items():
             out[section].update(changes)
@@ -75,92 +103,170 @@ def recipe(name: str) -> dict:
 
 
 class TimeBudget(fe.Callback):
-    """Stop the run at the first step past ``seconds`` of training."""
+    """Stop the run at the first step past ``seconds`` of training CPU time. The CPU time spent
+    up to each checkpoint is kept in ``path``, so a run killed and started again resumes from
+    its last checkpoint with the budget that checkpoint had left."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, path: Path) -> None:
         self.seconds = seconds
+        self.path = path
+        self.before = 0.0  # CPU seconds of earlier processes, up to the checkpoint resumed from
         self.start = 0.0
 
+    def used(self) -> float:
+        return self.before + time.process_time() - self.start
+
     def on_fit_start(self, trainer) -> None:
+        if trainer.resumed_from is not None and self.path.is_file():
+            record = json.loads(self.path.read_text())
+            self.before = record["checkpoints"].get(trainer.resumed_from.name, 0.0)
         self.start = time.process_time()
 
     def on_step_end(self, trainer, metrics) -> None:
-        if time.process_time() - self.start > self.seconds:
+        if self.used() > self.seconds:
             trainer.stop()
+
+    def on_checkpoint(self, trainer, path) -> None:
+        record = json.loads(self.path.read_text()) if self.path.is_file() else {"checkpoints": {}}
+        record["checkpoints"][Path(path).name] = round(self.used(), 2)
+        save_text(self.path, json.dumps(record, indent=1))
+
+
+def train_variant(model: fe.FlowceptionDiT, dataset, r: dict, out: Path, args) -> tuple[fe.FlowceptionDiT, dict]:
+    """Train ``model`` for the CPU budget (continuing an interrupted run); its EMA weights and
+    the steps and CPU seconds spent."""
+    config = fe.TrainConfig(steps=args.max_steps, noising=fe.NoisingConfig(**r["noising"]), out_dir=str(out),
+                            checkpoint_every=args.checkpoint_every, log_every=100, progress=False, seed=args.seed,
+                            **r["train"])
+    budget = TimeBudget(60 * args.budget_minutes, out / "cpu_seconds.json")
+    trainer = fe.Trainer(model, dataset, config, callbacks=[budget])
+    if fe.training.latest_checkpoint(out) is not None:  # an interrupted run: continue it
+        trainer.resume()
+    trainer.fit()
+    ema = fe.FlowceptionDiT.from_pretrained(fe.training.latest_checkpoint(out), weights="ema.safetensors").eval()
+    return ema, {"steps": trainer.step, "train_cpu_seconds": round(budget.used(), 1)}
 
 
 def run_variant(name: str, args) -> dict:
-    """Train (unless finished before), probe and sample one variant; its summary."""
+    """Train (unless finished before) and score one variant; its summary."""
     torch.set_num_threads(args.threads)
-    out = Path(args.out) / name
+    out = variant_dir(name, args)
     summary_path = out / "summary.json"
     if summary_path.is_file():
         return json.loads(summary_path.read_text())
+    summary = (run_toy if args.dataset == "toy" else run_shapes)(name, out, args)
+    summary_path.write_text(json.dumps(summary, indent=2, default=list))
+    return summary
+
+
+def variant_dir(name: str, args) -> Path:
+    seed = f"_seed{args.seed}" if args.seed else ""
+    return Path(args.out) / ((name if args.dataset == "toy" else f"shapes_{name}") + seed)
+
+
+def run_toy(name: str, out: Path, args) -> dict:
+    """ToyColoring: the offset probe, and sampled videos' on-manifold rate, length TV, border misfit."""
     r = recipe(name)
     dataset = ToyColoring(num_videos=args.num_videos, seed=0, **r["data"])
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     model = fe.FlowceptionDiT(fe.FlowceptionConfig.from_preset("tiny", in_channels=3, frame_size=3, **r["model"]))
-    noising = fe.NoisingConfig(**r["noising"])
-    config = fe.TrainConfig(steps=args.max_steps, noising=noising, out_dir=str(out), checkpoint_every=args.max_steps,
-                            log_every=100, progress=False, **r["train"])
-    trainer = fe.Trainer(model, dataset, config, callbacks=[TimeBudget(60 * args.budget_minutes)])
-    started = time.process_time()
-    trainer.fit()
-    train_seconds = time.process_time() - started
-    ema = fe.FlowceptionDiT.from_pretrained(fe.training.latest_checkpoint(out), weights="ema.safetensors")
+    ema, record = train_variant(model, dataset, r, out, args)
     probe = offset_probe(ema, dataset, times=(0.4,))
+    noising = fe.NoisingConfig(**r["noising"])
     n_start = noising.n_start + int(noising.start_last)  # start as training does: frame 0, extra ones, the last
     output = fe.sample(ema, num_videos=args.num_samples, steps=r["sample"]["steps"], n_start=n_start,
                        generator=torch.Generator().manual_seed(0), progress=False)
     generated = collections.Counter(output.lengths)
     data = collections.Counter(dataset.lengths)
     tv = 0.5 * sum(abs(generated[n] / args.num_samples - data[n] / len(dataset)) for n in set(generated) | set(data))
-    summary = {"variant": name, "recipe": r, "steps": trainer.step, "train_cpu_seconds": round(train_seconds, 1),
-               "offset_probe_t04": probe["all_frames_at_t=0.4"]["network"],
-               "offset_probe_least_squares_t04": probe["all_frames_at_t=0.4"]["least_squares_stride_fit"],
-               "total_variation_distance": round(tv, 4), "num_samples": args.num_samples,
-               **frame_figures(dataset, output.videos)}
-    summary_path.write_text(json.dumps(summary, indent=2, default=list))
-    return summary
+    return {"variant": name, "dataset": "toy", "recipe": r, **record,
+            "offset_probe_t04": probe["all_frames_at_t=0.4"]["network"],
+            "offset_probe_least_squares_t04": probe["all_frames_at_t=0.4"]["least_squares_stride_fit"],
+            "offset_probe_one_noise_frame": probe["one_noise_frame_among_clean"]["network"],
+            "total_variation_distance": round(tv, 4), "num_samples": args.num_samples,
+            **frame_figures(dataset, output.videos)}
+
+
+def run_shapes(name: str, out: Path, args) -> dict:
+    """MovingShapes image-to-video: ``--num-samples`` held-out first frames continued; the
+    consistency metrics and the Fréchet distance with bootstrap intervals (examples/shapes_common.py)."""
+    r = recipe(name, SHAPES_BASELINE)
+    shape_args = argparse.Namespace(size=16, min_length=8, max_length=16, max_shapes=1, train_videos=4096,
+                                    num_videos=args.num_samples, seed=0)
+    train, test = sc.datasets(shape_args)
+    torch.manual_seed(args.seed)
+    model = fe.FlowceptionDiT(fe.FlowceptionConfig.from_preset("tiny", in_channels=3, frame_size=16, **r["model"]))
+    ema, record = train_variant(model, train, r, out, args)
+    real = [test[i] for i in range(len(test))]
+    videos = sc.sample_flowception(ema, [fe.Context.image_to_video(v[0]) for v in real], steps=r["sample"]["steps"],
+                                   seed=1, max_frames=2 * shape_args.max_length)["videos"]
+    real_features = np.stack([video_features(v) for v in real])
+    features = np.stack([video_features(v) for v in videos])
+    metrics = summarise(video_metrics(videos), features, real_features, 1000, 0)
+    return {"variant": name, "dataset": "shapes", "recipe": r, **record, "num_samples": len(real),
+            "context_probe_t03": sc.context_probe(ema, real),
+            **{m: metrics[m] for m in ("median_error", "frac_frames_le_1px", "frechet", "length")}}
 
 
 def table(summaries: list[dict]) -> str:
-    rows = ["| variant | steps | offset probe t=0.4 | on manifold | length TV | median border misfit |",
-            "|---|---|---|---|---|---|"]
+    if summaries and summaries[0].get("dataset") == "shapes":
+        rows = ["| variant | steps | median error, px | frames within 1 px | Fréchet distance | length "
+                "| context probe ×10⁻³: own / swapped |", "|---|---|---|---|---|---|---|"]
+        for s in summaries:
+            probe = s["context_probe_t03"]
+            rows.append(f"| {s['variant']} | {s['steps']} | {sc.fmt(s['median_error'], 2)} | "
+                        f"{sc.fmt(s['frac_frames_le_1px'])} | {sc.fmt(s['frechet'], 0)} | {sc.fmt(s['length'], 1)} "
+                        f"| {1e3 * probe['context_own']:.1f} / {1e3 * probe['context_swapped']:.1f} |")
+        return "\n".join(rows)
+    rows = ["| variant | steps | offset probe t=0.4 | one noise frame among clean | on manifold | length TV "
+            "| median border misfit |", "|---|---|---|---|---|---|---|"]
     for s in summaries:
-        rows.append(f"| {s['variant']} | {s['steps']} | {s['offset_probe_t04']:.1%} | {s['fraction_on_manifold']:.1%} "
+        rows.append(f"| {s['variant']} | {s['steps']} | {s['offset_probe_t04']:.1%} "
+                    f"| {s['offset_probe_one_noise_frame']:.1%} | {s['fraction_on_manifold']:.1%} "
                     f"| {s['total_variation_distance']:.3f} | {s['video_border_misfit_quartiles'][1]:.3f} |")
     return "\n".join(rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default=",".join([*VARIANTS, *COMBINATIONS]),
-                        help=f"comma-separated, from {', '.join([*VARIANTS, *COMBINATIONS])}")
+    parser.add_argument("--dataset", default="toy", choices=("toy", "shapes"),
+                        help="ToyColoring (stride motion) or MovingShapes image-to-video")
+    parser.add_argument("--variants", default=None,
+                        help=f"comma-separated, from {', '.join(n for n in [*VARIANTS, *COMBINATIONS] if n not in SHAPES_ONLY)} "
+                             "(toy; default all) "
+                             f"or {', '.join(SHAPES_VARIANTS)} (shapes; default all)")
     parser.add_argument("--budget-minutes", type=float, default=20.0, help="CPU minutes of training per variant")
     parser.add_argument("--max-steps", type=int, default=1_000_000, help="the LR schedule's length (and a cap)")
     parser.add_argument("--num-videos", type=int, default=32768, help="training videos (generated, so cheap)")
     parser.add_argument("--num-samples", type=int, default=256, help="videos sampled per variant")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the model's initialisation and of training (data and evaluation stay fixed)")
+    parser.add_argument("--checkpoint-every", type=int, default=2000,
+                        help="steps between checkpoints (a killed run, started again, resumes from the last)")
     parser.add_argument("--jobs", type=int, default=2, help="variants run at once (one thread each)")
     parser.add_argument("--threads", type=int, default=1, help="threads per variant (1: the budget's unit)")
     parser.add_argument("--out", default="runs/recipe_study")
     parser.add_argument("--quick", action="store_true", help="seconds of training, few samples: a CI check")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run this variant in this process
     if parser.parse_known_args()[0].quick:
-        parser.set_defaults(budget_minutes=0.1, num_samples=8, num_videos=512, max_steps=200,
-                            variants="baseline,patch1")
+        parser.set_defaults(budget_minutes=0.1, num_samples=8, num_videos=512, max_steps=200)
     args = parser.parse_args()
     if args.one:
         run_variant(args.one, args)
         return
-    names = [n.strip() for n in args.variants.split(",") if n.strip()]
-    unknown = [n for n in names if n not in VARIANTS and n not in COMBINATIONS]
+    known = ([n for n in [*VARIANTS, *COMBINATIONS] if n not in SHAPES_ONLY] if args.dataset == "toy"
+             else list(SHAPES_VARIANTS))
+    default = (["baseline", known[1]] if args.quick else known)  # quick: the baseline and one variant
+    names = default if args.variants is None else [n.strip() for n in args.variants.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
     if unknown:
-        parser.error(f"unknown variants {unknown}")
+        parser.error(f"unknown {args.dataset} variants {unknown}; choose from {', '.join(known)}")
     # The LR schedule (cosine over max_steps) must be the same for every variant: a budget cut
     # keeps the learning rate of the schedule's start, so the comparison is at equal schedules.
-    passthrough = ["--budget-minutes", str(args.budget_minutes), "--max-steps", str(args.max_steps),
-                   "--num-videos", str(args.num_videos), "--num-samples", str(args.num_samples), "--threads", str(args.threads), "--out", args.out]
+    passthrough = ["--dataset", args.dataset, "--seed", str(args.seed),
+                   "--budget-minutes", str(args.budget_minutes), "--max-steps", str(args.max_steps),
+                   "--num-videos", str(args.num_videos), "--num-samples", str(args.num_samples),
+                   "--checkpoint-every", str(args.checkpoint_every), "--threads", str(args.threads), "--out", args.out]
     running: list[subprocess.Popen] = []
     for name in names:
         while len(running) >= args.jobs:
@@ -171,12 +277,14 @@ def main() -> None:
         p.wait()
     summaries = []
     for name in names:
-        path = Path(args.out) / name / "summary.json"
+        path = variant_dir(name, args) / "summary.json"
         if not path.is_file():
             raise SystemExit(f"recipe_study: variant {name} did not finish (see its output above)")
         summaries.append(json.loads(path.read_text()))
-    settings = {k: getattr(args, k) for k in ("budget_minutes", "max_steps", "num_videos", "num_samples", "threads")}
-    (Path(args.out) / "study.json").write_text(json.dumps({"settings": settings, "variants": summaries}, indent=2))
+    settings = {k: getattr(args, k) for k in ("dataset", "seed", "budget_minutes", "max_steps", "num_videos", "num_samples",
+                                              "threads")}
+    stem = f"study_{args.dataset}" + (f"_seed{args.seed}" if args.seed else "")
+    (Path(args.out) / f"{stem}.json").write_text(json.dumps({"settings": settings, "variants": summaries}, indent=2))
     print(table(summaries))
 
 

@@ -48,7 +48,7 @@ from flowception_ext.training import finished_checkpoint
 
 __all__ = [
     "make_parser", "parse_args", "setup", "datasets", "reference_videos", "model_config", "train_model", "train_flops_per_step",
-    "sample_flowception", "print_table", "fmt", "write_json", "Timer",
+    "sample_flowception", "context_probe", "print_table", "fmt", "write_json", "Timer",
     "save_samples", "finish_axes", "plot_metric_bars",
 ]
 
@@ -76,6 +76,12 @@ def make_parser(description: str, **defaults) -> argparse.ArgumentParser:
     p.add_argument("--preset", default="tiny", help="model size preset")
     p.add_argument("--size", type=int, default=16, help="MovingShapes frame side (>= 16)")
     p.add_argument("--patch", type=int, default=4, help="patch size of the DiT")
+    p.add_argument("--prediction", default="velocity", choices=("velocity", "clean"),
+                   help="what the network predicts (FlowceptionConfig.prediction)")
+    p.add_argument("--context-init", default="zero", choices=("zero", "random"),
+                   help="initial context channels of the patch embedding (FlowceptionConfig.context_init)")
+    p.add_argument("--rope-frame-scale", type=float, default=1.0,
+                   help="multiplier on frame positions in RoPE (FlowceptionConfig.rope_frame_scale)")
     p.add_argument("--min-length", type=int, default=8, help="shortest training video")
     p.add_argument("--max-length", type=int, default=16, help="longest training video")
     p.add_argument("--max-shapes", type=int, default=1, help="shapes per video: 1..max-shapes (at most 3)")
@@ -146,7 +152,9 @@ def reference_videos(args: argparse.Namespace) -> list[Tensor]:
 def model_config(args: argparse.Namespace, *, attention: str = "bidirectional", rate_head: bool = True
                  ) -> fe.FlowceptionConfig:
     return fe.FlowceptionConfig.from_preset(args.preset, in_channels=3, frame_size=args.size, patch_size=args.patch,
-                                            attention=attention, rate_head=rate_head)
+                                            attention=attention, rate_head=rate_head,
+                                            rope_frame_scale=args.rope_frame_scale, context_init=args.context_init,
+                                            prediction=args.prediction)
 
 
 def _train_config(args: argparse.Namespace, steps: int, out_dir: Path, objective: str, noising: NoisingConfig,
@@ -240,6 +248,32 @@ def sample_flowception(model: fe.FlowceptionDiT, contexts: list[fe.Context], *, 
 
 
 # ---- metrics ------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def context_probe(model: fe.FlowceptionDiT, videos: Sequence[Tensor], t: float = 0.3, seed: int = 0) -> dict:
+    """Does the network read the given first frame? Each video's frame 1, noised to ``t``, is
+    shown beside a first frame: its own, or the next video's (``swapped``), flagged as context
+    (``is_context``) or as an ordinary clean frame at ``t = 1`` (``unflagged``). Reported: the
+    mean squared error of the clean-frame estimate ``X_t + (1 − t) v`` of frame 1 in each case.
+    A network that reads the first frame has a much larger error with the swapped one."""
+    videos = [v for v in videos if v.shape[0] >= 2]
+    if not videos:
+        raise ValueError("context_probe needs videos of at least 2 frames")
+    g = torch.Generator().manual_seed(seed)
+    noise = [torch.randn(v[1].shape, generator=g) for v in videos]
+    truth = torch.stack([v[1] for v in videos])
+    result = {}
+    for flag in ("context", "unflagged"):
+        for which in ("own", "swapped"):
+            first = [videos[(i + (which == "swapped")) % len(videos)][0] for i in range(len(videos))]
+            frames = [torch.stack([f, t * v[1] + (1 - t) * e]) for f, v, e in zip(first, videos, noise)]
+            packed = fe.PackedVideos.from_list(frames, times=[torch.tensor([1.0, t])] * len(videos),
+                                               is_context=[torch.tensor([flag == "context", False])] * len(videos))
+            velocity, _ = model(packed)
+            clean = packed.frames[1::2] + (1 - t) * velocity[1::2]
+            result[f"{flag}_{which}"] = round(float((clean - truth).square().mean()), 5)
+    return result
 
 
 # ---- output -------------------------------------------------------------------------------

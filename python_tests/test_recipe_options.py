@@ -1,5 +1,6 @@
 """The recipe options of docs/experiments/recipe_audit.md: start frames, context noise, the
-insertion loss's slots, the rotary positions. Each off by default, leaving the old behaviour."""
+insertion loss's slots, the rotary positions, the context channels' initialisation. Each off by
+default, leaving the old behaviour, but ``context_init`` (measured better: recipe_study.md)."""
 
 from __future__ import annotations
 
@@ -98,3 +99,36 @@ def test_qk_norm_normalises_queries_and_keys_per_head():
     assert model.blocks[0].q_norm.weight.grad is not None
     plain = fe.FlowceptionDiT(fe.FlowceptionConfig.from_preset("tiny", frame_size=4, patch_size=2))
     assert "blocks.0.q_norm.weight" not in plain.state_dict()
+
+
+def _randomised(config: fe.FlowceptionConfig) -> fe.FlowceptionDiT:
+    """A model whose zero-initialised layers (adaLN, output) are made random, so its output
+    depends on its input; the patch embedding keeps its initialisation."""
+    torch.manual_seed(0)
+    model = fe.FlowceptionDiT(config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if not name.startswith("patch_embed") and bool((param == 0).all()):
+                param.normal_(std=0.05)
+    return model.eval()
+
+
+def test_context_init_zero_makes_a_context_frame_read_as_a_clean_frame():
+    config = dict(frame_size=4, patch_size=2)
+    frames = batch((4, 3)).frames
+    times = torch.tensor([1.0, 0.3, 0.5, 0.7, 1.0, 0.2, 0.9])
+    flagged = fe.PackedVideos(frames, torch.tensor([0, 4, 7]), times,
+                              torch.tensor([True, False, False, False, True, False, False]), torch.ones(7, dtype=torch.bool))
+    plain = flagged.drop_context()  # the same frames, clean at t = 1, not flagged
+    zero, rand = (_randomised(fe.FlowceptionConfig.from_preset("tiny", **config, context_init=c)) for c in ("zero", "random"))
+    assert fe.FlowceptionConfig().context_init == "zero"
+    half = zero.patch_embed.in_features // 2
+    assert float(zero.patch_embed.weight[:, half:].abs().max()) == 0.0
+    assert float(rand.patch_embed.weight[:, half:].abs().max()) > 0.0
+    with torch.no_grad():
+        assert torch.allclose(zero(flagged)[0], zero(plain)[0], atol=1e-6)
+        assert not torch.allclose(rand(flagged)[0], rand(plain)[0], atol=1e-3)
+        # without context the two initialisations are the same network (same seed, same draws)
+        assert torch.allclose(zero(plain)[0], rand(plain)[0], atol=1e-6)
+    with pytest.raises(ValueError, match="context_init"):
+        fe.FlowceptionConfig.from_preset("tiny", context_init="ones")

@@ -65,6 +65,12 @@ class FlowceptionConfig:
             more of its pairs.
         qk_norm: RMS-normalise queries and keys per head (with a learned scale) before the
             rotation, as the reference code does; stabilises attention at high learning rates.
+        context_init: how the patch embedding's context channels start. ``"zero"`` (default):
+            at 0, so a context frame first enters the network exactly as a clean frame at
+            ``t = 1`` does, and what the network learns about reading clean neighbours applies
+            to the context from the start. ``"random"``: xavier, like the frame channels (the
+            default before; worse MovingShapes image-to-video samples in
+            docs/experiments/recipe_study.md). Models without context train identically either way.
         rope_frame_dims: head dims given to the frame axis (even, at most the head dim; the rest
             is split between rows and columns). ``None``: the default split, a third of the head
             dim to each spatial axis (rounded down to even) and the rest to frames.
@@ -90,6 +96,7 @@ class FlowceptionConfig:
     rope_spatial_scale: float = 1.0
     rope_frame_dims: int | None = None
     qk_norm: bool = False
+    context_init: Literal["zero", "random"] = "zero"
     layer_norm_eps: float = 1e-6
     extra: dict[str, Any] = field(default_factory=dict)  # free-form metadata saved with the model
 
@@ -123,6 +130,8 @@ class FlowceptionConfig:
             raise ValueError(f"attention must be 'bidirectional' or 'causal', got {self.attention!r}")
         if self.length_conditioning and self.attention != "bidirectional":
             raise ValueError("length_conditioning needs attention='bidirectional' (a KV cache would go stale as the count grows)")
+        if self.context_init not in ("zero", "random"):
+            raise ValueError(f"context_init must be 'zero' or 'random', got {self.context_init!r}")
         if self.prediction not in ("velocity", "clean"):
             raise ValueError(f"prediction must be 'velocity' or 'clean', got {self.prediction!r}")
         if not isinstance(self.clean_min_gap, (int, float)) or not 0 < self.clean_min_gap <= 1:

@@ -187,11 +187,14 @@ class FlowceptionDiT(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """DiT initialisation: xavier linears, adaLN-Zero (zero modulation, zero output layers)."""
+        """DiT initialisation: xavier linears, adaLN-Zero (zero modulation, zero output layers);
+        with ``config.context_init = "zero"`` the patch embedding's context channels start at 0."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
+        if self.config.context_init == "zero":  # input features: (frame channels, context channels)
+            nn.init.zeros_(self.patch_embed.weight[:, self.patch_embed.in_features // 2:])
         nn.init.normal_(self.rate_token, std=0.02)
         for embedder in (self.t_embedder, self.count_embedder, self.index_embedder):
             if embedder is not None:
