@@ -65,7 +65,7 @@ VARIANTS = {
     "rate_flowing": {"train": dict(rate_slots="flowing")},
     "velocity": {"model": dict(prediction="velocity")},
     "clean": {"model": dict(prediction="clean")},                       # (the toy baseline's already)
-    "context_zero": {"model": dict(context_init="zero")},  # context channels start at 0: a context reads as a clean frame
+    "context_zero": {"model": dict(context_init="zero")},              # context channels start at 0
     "qk_norm": {"model": dict(qk_norm=True)},
     "positive_strides": {"data": dict(directions=(1,))},
     "width240": {"model": dict(depth=6, hidden_size=240, num_heads=8)},  # the reference Tiny's width and depth
@@ -84,11 +84,13 @@ SHAPES_BASELINE = {
 SHAPES_VARIANTS = ("baseline", "rope20", "rope20_wide", "tau_uniform", "rate_flowing", "clean", "qk_norm", "context_zero",
                    "context_zero_clean")
 SHAPES_ONLY = ("context_zero", "context_zero_clean")  # ToyColoring has no context
-COMBINATIONS = {  # the reference code's toy recipe, at patch 1 (its) and patch 3 (ours)
+COMBINATIONS = {
+    # the reference code's toy recipe, at patch 1 (its) and patch 3 (ours)
     "reference_like": ["patch1", "rope20", "spatial200", "qk_norm", "start_frames_ref", "rate_flowing", "velocity"],
     "reference_like_patch3": ["rope20_wide", "qk_norm", "start_frames_ref", "rate_flowing", "velocity"],
+    # the reference Tiny's size at patch 3, frame positions × 20 on 18 of its 30 head dims
     "width240_rope20_wide": ["width240", "rope20", "frame_dims18"],
-    "context_zero_clean": ["context_zero", "clean"],  # MovingShapes: the two changes that helped there  # frame positions × 20 on 18 of its 30 head dims
+    "context_zero_clean": ["context_zero", "clean"],  # MovingShapes: the best recipe measured there
 }
 
 
