@@ -23,12 +23,11 @@ same way (the floor of every metric).
 Outputs in ``--out``: ``results.json``, ``table.txt``, ``insertion_orders_metrics.png``
 (metrics with CIs), ``insertion_orders_examples.png`` (one video under each order),
 ``samples.safetensors`` (the generated videos), the training run (``train/``; a rerun with the
-same configuration reuses its final checkpoint).
+same configuration reuses its final checkpoint and continues an interrupted one from its last).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
         "examples": str(_examples_figure(samples, real, out / "insertion_orders_examples.png")),
     }
     results = {
-        "command": " ".join(["python", "examples/insertion_orders.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": sc.command_line("insertion_orders.py", argv),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "target_length": "per video, the length of the learned-order sample for the same context and seed",
         "train": train_record,

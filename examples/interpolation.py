@@ -20,12 +20,11 @@ Outputs in ``--out``: ``results.json``, ``table.txt``, ``interpolation_examples.
 paper's Fig. 6: keyframes dashed, inserted frames framed and labelled by insertion time, the
 real video above each), ``interpolation_gaps.png`` (inserted vs true count per gap),
 ``samples.safetensors`` (the generated videos), the training run (``train/``; a rerun with the
-same configuration reuses its final checkpoint).
+same configuration reuses its final checkpoint and continues an interrupted one from its last).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     figures = {"examples": str(_examples_figure(real, keys, samples, args.examples, out / "interpolation_examples.png")),
                "gaps": str(_gaps_figure(true_gaps, inserted, gaps, out / "interpolation_gaps.png"))}
     results = {
-        "command": " ".join(["python", "examples/interpolation.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": sc.command_line("interpolation.py", argv),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "train": train_record, "sampling_seconds": sampling_seconds,
         "max_frames_hit_fraction": float(np.mean(samples["max_frames_hit"])),

@@ -35,13 +35,13 @@ Flowception and AR with cache sampled again at each per-frame step count of ``--
 
 Outputs in ``--out``: ``results.json``, ``table.txt`` (with the per-frame curves),
 ``paradigms_consistency.png``, ``paradigms_step_sweep.png``, ``samples.safetensors`` (the
-generated videos), the training runs (``train/<method>/``; a rerun with the same configuration reuses their final checkpoints).
+generated videos), the training runs (``train/<method>/``; a rerun with the same configuration
+reuses their final checkpoints and continues an interrupted one from its last).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     figure = _plot_curves(curves, out / "paradigms_consistency.png")
 
     results = {
-        "command": " ".join(["python", "examples/paradigms.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": sc.command_line("paradigms.py", argv),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "baseline_lengths": "the held-out video's true length",
         "train_flops_per_step": flops, "train_budget_flops": budget, "train": train_records,

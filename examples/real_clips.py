@@ -28,7 +28,6 @@ Outputs in ``--out``: ``results.json``, ``table.txt``, ``real_clips_lengths.png`
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -118,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
                                             out / "real_clips_examples.png", "first held-out clip, continued")),
     }
     results = {
-        "command": " ".join(["python", "examples/real_clips.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": sc.command_line("real_clips.py", argv),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "fvd_features": "I3D logits (Kinetics-400), 16 frames resized to 224x224, last frame repeated if shorter",
         "baseline_lengths": "the held-out clip's true length",

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import tempfile
 import time
@@ -44,11 +45,11 @@ from flowception_ext.checkpoint import save_tensors
 from flowception_ext.data import MovingShapes
 from flowception_ext.costs import count_flops
 from flowception_ext.noising import NoisingConfig
-from flowception_ext.training import finished_checkpoint
+from flowception_ext.training import finished_checkpoint, resumable_checkpoint
 
 __all__ = [
     "make_parser", "parse_args", "setup", "datasets", "reference_videos", "model_config", "train_model", "train_flops_per_step",
-    "sample_flowception", "context_probe", "print_table", "fmt", "write_json", "Timer",
+    "sample_flowception", "context_probe", "print_table", "fmt", "command_line", "write_json", "Timer",
     "save_samples", "finish_axes", "plot_metric_bars",
 ]
 
@@ -157,11 +158,14 @@ def model_config(args: argparse.Namespace, *, attention: str = "bidirectional", 
                                             prediction=args.prediction)
 
 
+CHECKPOINT_EVERY = 500  # steps between checkpoints: a killed run loses at most this many
+
+
 def _train_config(args: argparse.Namespace, steps: int, out_dir: Path, objective: str, noising: NoisingConfig,
                   progress: bool = True) -> fe.TrainConfig:
     return fe.TrainConfig(steps=steps, lr=args.lr, warmup_steps=min(50, steps // 10), frames_per_batch=args.frames_per_batch,
                           seed=args.seed, objective=objective, noising=noising, out_dir=str(out_dir),
-                          checkpoint_every=steps, log_every=max(1, min(50, steps)), progress=progress)
+                          checkpoint_every=min(steps, CHECKPOINT_EVERY), log_every=max(1, min(50, steps)), progress=progress)
 
 
 def train_model(args: argparse.Namespace, dataset: MovingShapes, out_dir: Path, *, steps: int,
@@ -180,6 +184,10 @@ def train_model(args: argparse.Namespace, dataset: MovingShapes, out_dir: Path, 
     torch.manual_seed(args.seed)
     model = fe.FlowceptionDiT(model_config(args, attention=attention, rate_head=rate_head))
     trainer = fe.Trainer(model, dataset, config)
+    interrupted = resumable_checkpoint(out_dir, model.config, config)
+    if interrupted is not None:  # a run killed part-way: continue it (the result is the same)
+        print(f"  resuming the interrupted run from {interrupted}", flush=True)
+        trainer.resume(interrupted)
     last = trainer.fit()
     ema = fe.FlowceptionDiT(model.config)
     ema.load_state_dict(trainer.ema)  # float32 copies; load_state_dict casts to the parameters' dtype
@@ -187,6 +195,8 @@ def train_model(args: argparse.Namespace, dataset: MovingShapes, out_dir: Path, 
     record = {"objective": objective, "attention": attention, "steps": steps, "seconds": round(float(timer), 1),
               "final_loss": round(last.get("loss", math.nan), 5),
               "parameters": sum(p.numel() for p in model.parameters())}
+    if interrupted is not None:
+        record["resumed_from"] = str(interrupted)  # "seconds" then counts this process only
     print(f"  trained {objective}/{attention}: {steps} steps in {record['seconds']:.0f} s, "
           f"final loss {record['final_loss']:.4f}", flush=True)
     return ema, record
@@ -304,6 +314,12 @@ def print_table(rows: dict[str, dict[str, dict]], metrics: Sequence[str], title:
     text = "\n".join(lines)
     print(text, flush=True)
     return text
+
+
+def command_line(script: str, argv: Sequence[str] | None) -> str:
+    """The shell command that reproduces this run (``argv``: the script's arguments, default
+    ``sys.argv[1:]``), quoted so that empty and spaced arguments survive a copy and paste."""
+    return shlex.join(["python", f"examples/{script}", *(argv if argv is not None else sys.argv[1:])])
 
 
 def write_json(path: Path, data: dict) -> Path:

@@ -63,7 +63,8 @@ from .model.config import FlowceptionConfig
 from .noising import NoisingConfig, TrainingState, make_training_state
 from .packing import PackedVideos
 
-__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "finished_checkpoint", "latest_checkpoint"]
+__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "finished_checkpoint", "latest_checkpoint",
+           "resumable_checkpoint"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -245,24 +246,42 @@ def _complete_checkpoints(ckpt_dir: Path) -> list[Path]:
                   if _CHECKPOINT_NAME.fullmatch(p.name) and (p / "trainer_state.json").is_file())
 
 
-def finished_checkpoint(out_dir: str | Path, model_config: FlowceptionConfig, config: TrainConfig) -> Path | None:
-    """The final checkpoint (step ``config.steps``) of an earlier run in ``out_dir`` with the same
-    model and training configuration (the progress bar and the loader workers aside: they do not
-    change the result), so a rerun can skip training; else ``None``. Fields added to the configs
-    since that run compare at their defaults."""
-    path = Path(out_dir) / "checkpoints" / f"step_{config.steps:08d}"
+# TrainConfig fields that leave the trained weights alone: the progress bar, the loader workers
+# and the bookkeeping of logs and checkpoints.
+_BOOKKEEPING = ("progress", "num_workers", "log_every", "checkpoint_every", "keep_checkpoints")
+
+
+def _same_run(path: Path, model_config: FlowceptionConfig, config: TrainConfig) -> bool:
+    """Whether the checkpoint ``path`` was written by a run with this model and training
+    configuration (bookkeeping fields aside; fields added since compare at their defaults)."""
     try:
         saved_model = FlowceptionConfig.from_dict(load_json(path / "config.json")).to_dict()
         saved_train = TrainConfig.from_dict(load_json(path / "trainer_state.json")["train_config"]).to_dict()
     except (OSError, KeyError, TypeError, ValueError):
-        return None
+        return False
 
     def canonical(d: dict) -> dict:  # JSON form (tuples as lists), without what leaves the result alone
-        return {k: v for k, v in json.loads(json.dumps(d)).items() if k not in ("progress", "num_workers")}
+        return {k: v for k, v in json.loads(json.dumps(d)).items() if k not in _BOOKKEEPING}
 
-    same = (canonical(saved_model) == canonical(model_config.to_dict())
+    return (canonical(saved_model) == canonical(model_config.to_dict())
             and canonical(saved_train) == canonical(config.to_dict()))
-    return path if same and (path / "ema.safetensors").is_file() else None
+
+
+def finished_checkpoint(out_dir: str | Path, model_config: FlowceptionConfig, config: TrainConfig) -> Path | None:
+    """The final checkpoint (step ``config.steps``) of an earlier run in ``out_dir`` with the same
+    model and training configuration (progress bar, loader workers, log and checkpoint intervals
+    aside: they do not change the result), so a rerun can skip training; else ``None``. Fields
+    added to the configs since that run compare at their defaults."""
+    path = Path(out_dir) / "checkpoints" / f"step_{config.steps:08d}"
+    return path if _same_run(path, model_config, config) and (path / "ema.safetensors").is_file() else None
+
+
+def resumable_checkpoint(out_dir: str | Path, model_config: FlowceptionConfig, config: TrainConfig) -> Path | None:
+    """The newest checkpoint in ``out_dir`` of an interrupted run with the same model and
+    training configuration (as :func:`finished_checkpoint` compares them), for
+    :meth:`Trainer.resume`; ``None`` when there is none or the newest is another run's."""
+    newest = latest_checkpoint(out_dir)
+    return newest if newest is not None and _same_run(newest, model_config, config) else None
 
 
 class Trainer:

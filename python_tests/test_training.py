@@ -336,6 +336,33 @@ def test_finished_checkpoint_only_for_the_same_run(tmp_path):
     assert finished_checkpoint(tmp_path, model_config, config) is None
 
 
+def test_resumable_checkpoint_continues_only_the_same_run(tmp_path):
+    from flowception_ext.callbacks import Callback
+    from flowception_ext.training import finished_checkpoint, resumable_checkpoint
+
+    class StopAt(Callback):
+        def on_step_end(self, trainer, metrics):
+            if trainer.step == 2:
+                trainer.stop()
+
+    model_config = FlowceptionConfig(in_channels=3, frame_size=3, patch_size=3, depth=1, hidden_size=24, num_heads=4)
+    config = TrainConfig(steps=4, checkpoint_every=2, frames_per_batch=40, out_dir=str(tmp_path), progress=False,
+                         warmup_steps=1)
+    assert resumable_checkpoint(tmp_path, model_config, config) is None  # nothing there yet
+    Trainer(FlowceptionDiT(model_config), ToyColoring(8, seed=0), config, callbacks=[StopAt()]).fit()
+    path = resumable_checkpoint(tmp_path, model_config, config)
+    assert path == tmp_path / "checkpoints" / "step_00000002"
+    assert finished_checkpoint(tmp_path, model_config, config) is None
+    # Log and checkpoint intervals do not change the weights; the learning rate does.
+    bookkeeping = TrainConfig(**{**config.to_dict(), "log_every": 1, "checkpoint_every": 3, "keep_checkpoints": 5})
+    assert resumable_checkpoint(tmp_path, model_config, bookkeeping) == path
+    assert resumable_checkpoint(tmp_path, model_config, TrainConfig(**{**config.to_dict(), "lr": 1e-3})) is None
+    trainer = Trainer(FlowceptionDiT(model_config), ToyColoring(8, seed=0), bookkeeping)
+    assert trainer.resume(path) == 2
+    trainer.fit()
+    assert finished_checkpoint(tmp_path, model_config, config) == tmp_path / "checkpoints" / "step_00000004"
+
+
 @pytest.mark.parametrize("objective", ["flowception", "full_sequence", "autoregressive"])
 def test_objectives_weight_the_clean_frame_loss(objective):
     # A clean-prediction model trains on its velocity_loss_weight; a velocity model on equal weights.
