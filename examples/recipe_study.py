@@ -143,7 +143,10 @@ def train_variant(model: fe.FlowceptionDiT, dataset, r: dict, out: Path, args) -
     budget = TimeBudget(60 * args.budget_minutes, out / "cpu_seconds.json")
     trainer = fe.Trainer(model, dataset, config, callbacks=[budget])
     if fe.training.latest_checkpoint(out) is not None:  # an interrupted run: continue it
-        trainer.resume()
+        interrupted = fe.training.resumable_checkpoint(out, model.config, config)
+        if interrupted is None:
+            raise ValueError(f"{out} holds checkpoints of another configuration; remove them or choose another --out")
+        trainer.resume(interrupted)
     trainer.fit()
     ema = fe.FlowceptionDiT.from_pretrained(fe.training.latest_checkpoint(out), weights="ema.safetensors").eval()
     return ema, {"steps": trainer.step, "train_cpu_seconds": round(budget.used(), 1)}
