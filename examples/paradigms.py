@@ -30,7 +30,7 @@ Flowception and AR with cache sampled again at each per-frame step count of ``--
 (``paradigms_step_sweep.png``). ``--methods`` trains and samples a subset of the four.
 
     python examples/paradigms.py                    # full run (about 35 min on 1 thread)
-    python examples/paradigms.py --min-length 24 --max-length 32 --step-sweep "" --out runs/paradigms_32
+    python examples/paradigms.py --prediction clean --min-length 24 --max-length 32 --step-sweep "" --out runs/paradigms_32
     python examples/paradigms.py --quick --out /tmp/pd     # CI check (under 3 min)
 
 Outputs in ``--out``: ``results.json``, ``table.txt`` (with the per-frame curves),
