@@ -18,8 +18,9 @@ steps per frame for every method. Flowception chooses the length; the baselines 
 held-out video's true length (a fixed length chosen before sampling, as they need).
 
 Reported per method, with bootstrap 95 % CIs: the :mod:`flowception_ext.eval.shapes` metrics (strict
-consistency, median per-frame error, fraction of frames within 1 px, Fréchet distance of motion
-statistics to the held-out videos), the **error-accumulation curve** (mean per-frame consistency
+consistency, median per-frame error, fraction of frames within 1 px, fraction of videos whose
+shape fades away or changes colour, Fréchet distance of motion statistics to the held-out
+videos), the **error-accumulation curve** (mean per-frame consistency
 error at each frame index, plotted with its CI band in ``paradigms_consistency.png``) and its
 least-squares slope (px per frame: drift), sampling FLOPs per video and per frame (counted on
 the first ``--flop-videos`` videos) and sampling wall time per video (the whole run).
@@ -150,8 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
     extra = {name: {"train steps": str(steps[name]),
                     "sample GFLOP/video": f"{sampling[name]['gflops_per_video']:.2f}",
                     "sample s/video": f"{sampling[name]['seconds_per_video']:.3f}"} for name in methods}
-    table = sc.print_table(rows, ("consistent", "median_error", "frac_frames_le_1px", "frechet", "length",
-                                  "drift_slope"),
+    table = sc.print_table(rows, ("consistent", "median_error", "frac_frames_le_1px", "shape_changed", "frechet",
+                                  "length", "drift_slope"),
                            f"MovingShapes I2V, {args.num_videos} held-out videos, {args.sample_steps} steps/frame, "
                            f"training budget {budget / 1e12:.2f} TFLOP each", extra)
     curve_text = _curve_table(curves, args.max_length)

@@ -82,8 +82,9 @@ SHAPES_BASELINE = {
     "sample": dict(steps=40),
 }
 SHAPES_VARIANTS = ("baseline", "rope20", "rope20_wide", "tau_uniform", "rate_flowing", "clean", "qk_norm", "context_zero",
-                   "context_zero_clean")
-SHAPES_ONLY = ("context_zero", "context_zero_clean")  # ToyColoring has no context
+                   "context_zero_clean", "context_zero_clean_tau_uniform", "context_zero_clean_qk_norm")
+SHAPES_ONLY = ("context_zero", "context_zero_clean", "context_zero_clean_tau_uniform",
+               "context_zero_clean_qk_norm")  # ToyColoring has no context
 COMBINATIONS = {
     # the reference code's toy recipe, at patch 1 (its) and patch 3 (ours)
     "reference_like": ["patch1", "rope20", "spatial200", "qk_norm", "start_frames_ref", "rate_flowing", "velocity"],
@@ -91,6 +92,9 @@ COMBINATIONS = {
     # the reference Tiny's size at patch 3, frame positions × 20 on 18 of its 30 head dims
     "width240_rope20_wide": ["width240", "rope20", "frame_dims18"],
     "context_zero_clean": ["context_zero", "clean"],  # MovingShapes: the best recipe measured there
+    # and one more factor on top of it, for the longer MovingShapes runs
+    "context_zero_clean_tau_uniform": ["context_zero", "clean", "tau_uniform"],
+    "context_zero_clean_qk_norm": ["context_zero", "clean", "qk_norm"],
 }
 
 

@@ -8,12 +8,13 @@ They were chosen so a full run fits in 15–30 minutes on one CPU thread; with t
 frames or a lower rate, a 2500-3000-step model lost the shapes in most generated frames.
 
 Metrics, per generated video: :func:`flowception_ext.eval.video_metrics` (``consistent``,
-``median_error``, ``frac_frames_le_1px``, ``length``) and ``frechet``, a Fréchet distance between
-Gaussians fitted to per-video motion statistics (:func:`flowception_ext.eval.video_features`) of
-the generated videos and of the held-out real videos they were conditioned on, after
-standardising each statistic by the real videos' mean and spread. Lengths are left out
-(reported apart). The strict ``consistent`` verdict is close to 0 for every method at the model
-sizes that fit on a CPU, so it is reported but does not rank anything.
+``median_error``, ``frac_frames_le_1px``, ``shape_changed``, ``length``) and ``frechet``, a
+Fréchet distance between Gaussians fitted to per-video motion statistics
+(:func:`flowception_ext.eval.video_features`) of the generated videos and of the held-out real
+videos they were conditioned on, after standardising each statistic by the real videos' mean and
+spread. Lengths are left out (reported apart). The strict ``consistent`` verdict is close to 0
+for every method at the model sizes that fit on a CPU, so it is reported but does not rank
+anything.
 
 Every number comes with a percentile bootstrap 95 % interval over the videos. For the Fréchet
 distance, generated and real videos are resampled independently; resampling duplicates videos,
@@ -58,6 +59,7 @@ METRIC_LABELS = {
     "consistent": "strict consistent",
     "median_error": "median err px (lower)",
     "frac_frames_le_1px": "frames <=1px (higher)",
+    "shape_changed": "shape lost (lower)",
     "frechet": "Frechet dist (lower)",
     "length": "length",
     "drift_slope": "err slope px/frame",

@@ -247,8 +247,9 @@ def _complete_checkpoints(ckpt_dir: Path) -> list[Path]:
 
 
 # TrainConfig fields that leave the trained weights alone: the progress bar, the loader workers
-# and the bookkeeping of logs and checkpoints.
-_BOOKKEEPING = ("progress", "num_workers", "log_every", "checkpoint_every", "keep_checkpoints")
+# and the bookkeeping of logs and checkpoints (where and how often), so a copied or moved run
+# directory still holds the same run.
+_BOOKKEEPING = ("progress", "num_workers", "out_dir", "log_every", "checkpoint_every", "keep_checkpoints")
 
 
 def _same_run(path: Path, model_config: FlowceptionConfig, config: TrainConfig) -> bool:
@@ -269,9 +270,9 @@ def _same_run(path: Path, model_config: FlowceptionConfig, config: TrainConfig) 
 
 def finished_checkpoint(out_dir: str | Path, model_config: FlowceptionConfig, config: TrainConfig) -> Path | None:
     """The final checkpoint (step ``config.steps``) of an earlier run in ``out_dir`` with the same
-    model and training configuration (progress bar, loader workers, log and checkpoint intervals
-    aside: they do not change the result), so a rerun can skip training; else ``None``. Fields
-    added to the configs since that run compare at their defaults."""
+    model and training configuration (progress bar, loader workers, output directory, log and
+    checkpoint intervals aside: they do not change the result), so a rerun can skip training;
+    else ``None``. Fields added to the configs since that run compare at their defaults."""
     path = Path(out_dir) / "checkpoints" / f"step_{config.steps:08d}"
     return path if _same_run(path, model_config, config) and (path / "ema.safetensors").is_file() else None
 

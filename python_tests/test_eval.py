@@ -13,8 +13,8 @@ from flowception_ext.data import MovingShapes, ToyColoring, collate_videos
 from flowception_ext.eval import (FEATURES, bootstrap_ci, check_manifold, check_manifold_batch, clipped_errors,
                                   consistency, drift_slope, error_curve, estimate, fit_stride_offsets,
                                   frame_ring_misfit, frechet_distance, is_consistent, is_on_manifold,
-                                  paired_difference, ring_offsets, standardiser, summarise, video_features,
-                                  video_metrics)
+                                  paired_difference, ring_offsets, shape_changed, standardiser, summarise,
+                                  video_features, video_metrics)
 
 # ---- ToyColoring ---------------------------------------------------------------------------
 
@@ -262,8 +262,16 @@ def test_shapes_metrics_score_real_videos_well_and_broken_ones_badly():
     ds = MovingShapes(num_videos=12, seed=0, size=16, min_length=8, max_length=12, max_shapes=1)
     real = [ds[i] for i in range(len(ds))]
     metrics = video_metrics(real)
-    assert set(metrics) == {"consistent", "median_error", "frac_frames_le_1px", "length"}
+    assert set(metrics) == {"consistent", "median_error", "frac_frames_le_1px", "shape_changed", "length"}
     assert metrics["frac_frames_le_1px"].mean() > 0.95 and metrics["median_error"].max() < 0.5
+    assert (metrics["shape_changed"] == 0).all()
+    faded, recoloured = real[0].clone(), real[1].clone()
+    faded[5:] = faded[5:].clamp(max=-0.1)                          # the shape below half intensity from frame 5
+    recoloured[3] = recoloured[3].roll(1, dims=0)                  # frame 3 in another colour channel
+    assert video_metrics([faded, recoloured])["shape_changed"].tolist() == [1.0, 1.0]
+    assert (clipped_errors(faded)[5:] == 16.0).all()              # which the error counts as a missing shape
+    with pytest.raises(ValueError, match="video must be"):
+        shape_changed(real[0][:, :2])
     shuffled = [v[torch.randperm(v.shape[0], generator=torch.Generator().manual_seed(i))] for i, v in enumerate(real)]
     assert video_metrics(shuffled)["median_error"].mean() > metrics["median_error"].mean() + 0.5
     assert clipped_errors(real[0][:2]).tolist() == [16.0, 16.0]  # too short to check: counted as failures

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -323,6 +324,10 @@ def test_finished_checkpoint_only_for_the_same_run(tmp_path):
     path = finished_checkpoint(tmp_path, model_config, config)
     assert path == tmp_path / "checkpoints" / "step_00000002"
     assert finished_checkpoint(tmp_path, model_config, TrainConfig(**{**config.to_dict(), "progress": True})) == path
+    moved = tmp_path / "moved"  # a copied run directory holds the same run
+    shutil.copytree(tmp_path / "checkpoints", moved / "checkpoints")
+    assert finished_checkpoint(moved, model_config, TrainConfig(**{**config.to_dict(), "out_dir": str(moved)})) \
+        == moved / "checkpoints" / "step_00000002"
     for other_model, other_train in ((model_config, TrainConfig(**{**config.to_dict(), "lr": 1e-3})),
                                      (model_config, TrainConfig(**{**config.to_dict(), "steps": 3})),
                                      (FlowceptionConfig(**{**model_config.to_dict(), "prediction": "clean"}), config)):

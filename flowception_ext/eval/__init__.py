@@ -13,7 +13,7 @@ and bootstrap and paired intervals.
 """
 
 from .shapes import (FEATURES, ShapesConsistency, clipped_errors, consistency, drift_slope, error_curve, is_consistent,
-                     video_features, video_metrics)
+                     shape_changed, video_features, video_metrics)
 from .i3d import I3D, fetch_i3d, prepare_videos
 from .metrics import fvd, i3d_features, psnr, ssim
 from .stats import bootstrap_ci, estimate, frechet_distance, paired_difference, standardiser, summarise
@@ -24,7 +24,7 @@ __all__ = [
     "MANIFOLD_RULES", "ManifoldCheck", "check_manifold", "check_manifold_batch", "fit_stride_offsets",
     "frame_ring_misfit", "is_on_manifold", "ring_offsets",
     "FEATURES", "ShapesConsistency", "clipped_errors", "consistency", "drift_slope", "error_curve", "is_consistent",
-    "video_features", "video_metrics",
+    "shape_changed", "video_features", "video_metrics",
     "I3D", "fetch_i3d", "prepare_videos", "fvd", "i3d_features", "psnr", "ssim",
     "bootstrap_ci", "estimate", "frechet_distance", "paired_difference", "standardiser", "summarise",
 ]

@@ -9,6 +9,9 @@ Metrics, per generated video (:func:`video_metrics`):
   with missing shapes (``inf``) and larger errors clipped to the frame width
   (:func:`clipped_errors`); videos of fewer than 3 frames cannot be checked and count as failures;
 * ``frac_frames_le_1px``: the fraction of frames whose error is at most 1 px;
+* ``shape_changed``: 1 if the colour channels holding a solid shape are not the same in every
+  frame (:func:`shape_changed`: a shape faded away or a new one appeared), else 0. The errors
+  count the frames around such a change at the cap; this counts the videos where it happens;
 * ``length``.
 
 :func:`video_features` gives the per-video motion statistics (:data:`FEATURES`) that a Fréchet
@@ -29,7 +32,7 @@ from ..data.shapes import fold
 from .stats import bootstrap_ci, estimate
 
 __all__ = ["FEATURES", "ShapesConsistency", "clipped_errors", "consistency", "drift_slope", "error_curve",
-           "is_consistent", "video_features", "video_metrics"]
+           "is_consistent", "shape_changed", "video_features", "video_metrics"]
 
 
 @dataclass(frozen=True)
@@ -154,15 +157,30 @@ def clipped_errors(video: Tensor) -> np.ndarray:
     return np.minimum(np.nan_to_num(errors, nan=cap, posinf=cap), cap)
 
 
+def shape_changed(video: Tensor) -> bool:
+    """Whether the set of colour channels holding a solid shape (some pixel at intensity >= 0.5, as
+    in :func:`consistency`) differs between frames of a ``[n, 3, H, W]`` video: a shape faded
+    below half intensity or vanished, or one appeared. Never true of the data (shapes keep their
+    colour and mass)."""
+    if not isinstance(video, Tensor) or video.dim() != 4 or video.shape[1] != 3:
+        shape = tuple(video.shape) if isinstance(video, Tensor) else type(video).__name__
+        raise ValueError(f"video must be a [n, 3, H, W] tensor, got {shape}")
+    solid = (video.detach() >= 0).flatten(2).any(2)                            # [n, 3]: intensity >= 0.5
+    return bool((solid != solid[:1]).any())
+
+
 def video_metrics(videos: Sequence[Tensor]) -> dict[str, np.ndarray]:
-    """Per-video arrays: strict verdict, median clipped error, fraction of frames within 1 px, length."""
-    out: dict[str, list] = {"consistent": [], "median_error": [], "frac_frames_le_1px": [], "length": []}
+    """Per-video arrays: strict verdict, median clipped error, fraction of frames within 1 px,
+    whether a shape changed (see the module docstring), length."""
+    out: dict[str, list] = {"consistent": [], "median_error": [], "frac_frames_le_1px": [], "shape_changed": [],
+                            "length": []}
     for v in videos:
         result = consistency(v)
         errors = clipped_errors(v)
         out["consistent"].append(float(result.is_consistent and v.shape[0] >= 3))
         out["median_error"].append(float(np.median(errors)))
         out["frac_frames_le_1px"].append(float(np.mean(errors <= 1.0)))
+        out["shape_changed"].append(float(shape_changed(v)))
         out["length"].append(float(v.shape[0]))
     return {k: np.asarray(v) for k, v in out.items()}
 
