@@ -56,6 +56,12 @@ class ShapesConsistency:
     is_consistent: bool
 
 
+def _check_video(video: Tensor) -> None:
+    if not isinstance(video, Tensor) or video.dim() != 4 or video.shape[1] != 3:
+        shape = tuple(video.shape) if isinstance(video, Tensor) else type(video).__name__
+        raise ValueError(f"video must be a [n, 3, H, W] tensor, got {shape}")
+
+
 def consistency(video: Tensor, atol: float = 0.3, mass_rtol: float = 0.25, max_speed: float | None = None
                 ) -> ShapesConsistency:
     """Score the physical consistency of a MovingShapes-like ``[n, 3, H, W]`` video, frame by frame.
@@ -81,9 +87,7 @@ def consistency(video: Tensor, atol: float = 0.3, mass_rtol: float = 0.25, max_s
     consistent (zero velocity). Frames that cannot be predicted (videos of fewer than 3 frames,
     frame 1 of a 3-frame video) get a zero position error.
     """
-    if not isinstance(video, Tensor) or video.dim() != 4 or video.shape[1] != 3:
-        shape = tuple(video.shape) if isinstance(video, Tensor) else type(video).__name__
-        raise ValueError(f"video must be a [n, 3, H, W] tensor, got {shape}")
+    _check_video(video)
     n, _, height, width = video.shape
     max_speed = min(height, width) / 8 if max_speed is None else max_speed
     intensity = ((video.detach().cpu().double().numpy() + 1) / 2).clip(0, 1)
@@ -162,9 +166,7 @@ def shape_changed(video: Tensor) -> bool:
     in :func:`consistency`) differs between frames of a ``[n, 3, H, W]`` video: a shape faded
     below half intensity or vanished, or one appeared. Never true of the data (shapes keep their
     colour and mass)."""
-    if not isinstance(video, Tensor) or video.dim() != 4 or video.shape[1] != 3:
-        shape = tuple(video.shape) if isinstance(video, Tensor) else type(video).__name__
-        raise ValueError(f"video must be a [n, 3, H, W] tensor, got {shape}")
+    _check_video(video)
     solid = (video.detach() >= 0).flatten(2).any(2)                            # [n, 3]: intensity >= 0.5
     return bool((solid != solid[:1]).any())
 
