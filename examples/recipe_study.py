@@ -83,8 +83,6 @@ SHAPES_BASELINE = {
 }
 SHAPES_VARIANTS = ("baseline", "rope20", "rope20_wide", "tau_uniform", "rate_flowing", "clean", "qk_norm", "context_zero",
                    "context_zero_clean", "context_zero_clean_tau_uniform", "context_zero_clean_qk_norm")
-SHAPES_ONLY = ("context_zero", "context_zero_clean", "context_zero_clean_tau_uniform",
-               "context_zero_clean_qk_norm")  # ToyColoring has no context
 COMBINATIONS = {
     # the reference code's toy recipe, at patch 1 (its) and patch 3 (ours)
     "reference_like": ["patch1", "rope20", "spatial200", "qk_norm", "start_frames_ref", "rate_flowing", "velocity"],
@@ -96,6 +94,8 @@ COMBINATIONS = {
     "context_zero_clean_tau_uniform": ["context_zero", "clean", "tau_uniform"],
     "context_zero_clean_qk_norm": ["context_zero", "clean", "qk_norm"],
 }
+# ToyColoring has no context: what changes the context channels is for MovingShapes only
+SHAPES_ONLY = tuple(n for n in SHAPES_VARIANTS if "context_zero" in COMBINATIONS.get(n, [n]))
 
 
 def recipe(name: str, baseline: dict = BASELINE) -> dict:
