@@ -34,7 +34,8 @@ from torch import Tensor
 import flowception_ext as fe
 from flowception_ext.sampling import sample_full_sequence
 from flowception_ext.data import ToyColoring
-from flowception_ext.eval import MANIFOLD_RULES, check_manifold, fit_stride_offsets, frame_ring_misfit, ring_offsets
+from flowception_ext.eval import (MANIFOLD_RULES, bayes_clean_estimate, check_manifold, fit_stride_offsets,
+                                  frame_ring_misfit, ring_offsets)
 from flowception_ext.training import finished_checkpoint
 from flowception_ext.viz import plot_length_histogram
 
@@ -63,7 +64,11 @@ def offset_probe(model: fe.FlowceptionDiT, dataset: ToyColoring, times=(0.2, 0.4
     videos, cut to the shortest allowed length, are noised to one time t. Reported: the fraction
     of frames whose ring offset is right in the network's clean-frame estimate X_t + (1 - t) v,
     next to the least-squares fit of one stride video to the same noisy frames, which pools them
-    all. "t = 0" puts one pure-noise frame among clean real ones instead. Stride motion only."""
+    all, and to the Bayes estimate ``bayes_clean_estimate`` (the posterior mean, the best any
+    network trained with a squared loss can do); and the mean squared error of the network's and
+    the Bayes clean-frame estimates. "t = 0" puts one pure-noise frame among clean real ones
+    instead. Stride motion only. One generator draws the noise of every t in turn, so a probe at
+    ``times=(0.4,)`` alone sees other noise at t = 0.4 than one at ``(0.2, 0.4, 0.6)``."""
     num_frames = min(dataset.allowed_lengths)
     videos = [dataset[i][:num_frames] for i in range(len(dataset) - num_videos, len(dataset))]
     truth = [ring_offsets(v) for v in videos]
@@ -72,6 +77,9 @@ def offset_probe(model: fe.FlowceptionDiT, dataset: ToyColoring, times=(0.2, 0.4
     def right(offsets: list[np.ndarray], noised: list[Tensor]) -> float:  # fraction right, over the noised frames
         hits = [(o == r)[m.numpy()] for o, r, m in zip(offsets, truth, noised)]
         return round(float(np.mean(np.concatenate(hits))), 3)
+
+    def mse(estimates: list[Tensor]) -> float:  # squared error of clean-frame estimates, over all pixels
+        return round(float(torch.cat([(x - v).square().flatten() for x, v in zip(estimates, videos)]).mean()), 4)
 
     result = {}
     for t in (0.0, *times):
@@ -88,7 +96,11 @@ def offset_probe(model: fe.FlowceptionDiT, dataset: ToyColoring, times=(0.2, 0.4
         key = "one_noise_frame_among_clean" if t == 0.0 else f"all_frames_at_t={t}"
         result[key] = {"network": right([ring_offsets(x) for x in clean], noised)}
         if t > 0:
-            result[key]["least_squares_stride_fit"] = right([fit_stride_offsets(x) for x in noisy], noised)
+            bayes = [bayes_clean_estimate(x, t, strides=dataset.strides, directions=dataset.directions,
+                                          min_contrast=dataset.min_contrast).float() for x in noisy]
+            result[key] |= {"least_squares_stride_fit": right([fit_stride_offsets(x) for x in noisy], noised),
+                            "bayes_posterior_mean": right([ring_offsets(x) for x in bayes], noised),
+                            "network_mse": mse(clean), "bayes_mse": mse(bayes)}
     return result
 
 

@@ -70,6 +70,8 @@ VARIANTS = {
     "positive_strides": {"data": dict(directions=(1,))},
     "width240": {"model": dict(depth=6, hidden_size=240, num_heads=8)},  # the reference Tiny's width and depth
     "frame_dims18": {"model": dict(rope_frame_dims=18)},                # (head dim 30: 12 left for rows, columns)
+    "swiglu": {"model": dict(mlp="swiglu")},                            # gated feed-forward layers, same size
+    "clean_loss": {"model": dict(clean_min_gap=1.0)},                   # the clean-frame error unweighted
 }
 # MovingShapes image-to-video (16×16, one shape, 8–16 frames): the recipe of examples/paradigms.py
 # (velocity prediction, 4×4 patches, lr 2e-3, 128 frames a step), sampled with 40 steps per frame
@@ -89,6 +91,8 @@ COMBINATIONS = {
     "reference_like_patch3": ["rope20_wide", "qk_norm", "start_frames_ref", "rate_flowing", "velocity"],
     # the reference Tiny's size at patch 3, frame positions × 20 on 18 of its 30 head dims
     "width240_rope20_wide": ["width240", "rope20", "frame_dims18"],
+    "rope20_wide_swiglu": ["rope20_wide", "swiglu"],  # the best toy probe so far, with gated feed-forward layers
+    "rope20_wide_clean_loss": ["rope20_wide", "clean_loss"],  # and with the clean-frame error unweighted
     "context_zero_clean": ["context_zero", "clean"],  # MovingShapes: the best recipe measured there
     # and one more factor on top of it, for the longer MovingShapes runs
     "context_zero_clean_tau_uniform": ["context_zero", "clean", "tau_uniform"],
@@ -191,6 +195,8 @@ def run_toy(name: str, out: Path, args) -> dict:
     return {"variant": name, "dataset": "toy", "recipe": r, **record,
             "offset_probe_t04": probe["all_frames_at_t=0.4"]["network"],
             "offset_probe_least_squares_t04": probe["all_frames_at_t=0.4"]["least_squares_stride_fit"],
+            "offset_probe_bayes_t04": probe["all_frames_at_t=0.4"]["bayes_posterior_mean"],
+            "probe_mse_t04": {k: probe["all_frames_at_t=0.4"][k] for k in ("network_mse", "bayes_mse")},
             "offset_probe_one_noise_frame": probe["one_noise_frame_among_clean"]["network"],
             "total_variation_distance": round(tv, 4), "num_samples": args.num_samples,
             **frame_figures(dataset, output.videos)}
@@ -227,11 +233,13 @@ def table(summaries: list[dict]) -> str:
                         f"{sc.fmt(s['frac_frames_le_1px'])} | {sc.fmt(s['frechet'], 0)} | {sc.fmt(s['length'], 1)} "
                         f"| {1e3 * probe['context_own']:.1f} / {1e3 * probe['context_swapped']:.1f} |")
         return "\n".join(rows)
-    rows = ["| variant | steps | offset probe t=0.4 | one noise frame among clean | on manifold | length TV "
-            "| median border misfit |", "|---|---|---|---|---|---|---|"]
+    rows = ["| variant | steps | offset probe t=0.4 | one noise frame among clean | clean-frame MSE t=0.4: "
+            "network / Bayes | on manifold | length TV | median border misfit |", "|---|---|---|---|---|---|---|---|"]
     for s in summaries:
+        mse = s.get("probe_mse_t04")  # (summaries written before the Bayes estimate have none)
+        mse = f"{mse['network_mse']:.4f} / {mse['bayes_mse']:.4f}" if mse else "—"
         rows.append(f"| {s['variant']} | {s['steps']} | {s['offset_probe_t04']:.1%} "
-                    f"| {s['offset_probe_one_noise_frame']:.1%} | {s['fraction_on_manifold']:.1%} "
+                    f"| {s['offset_probe_one_noise_frame']:.1%} | {mse} | {s['fraction_on_manifold']:.1%} "
                     f"| {s['total_variation_distance']:.3f} | {s['video_border_misfit_quartiles'][1]:.3f} |")
     return "\n".join(rows)
 

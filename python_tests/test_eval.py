@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from flowception_ext.data import MovingShapes, ToyColoring, collate_videos
-from flowception_ext.eval import (FEATURES, bootstrap_ci, check_manifold, check_manifold_batch, clipped_errors,
+from flowception_ext.data.toy import RAMP, RING_COLS, RING_ROWS
+from flowception_ext.eval import (FEATURES, bayes_clean_estimate, bootstrap_ci, check_manifold, check_manifold_batch, clipped_errors,
                                   consistency, drift_slope, error_curve, estimate, fit_stride_offsets,
                                   frame_ring_misfit, frechet_distance, is_consistent, is_on_manifold,
                                   paired_difference, ring_offsets, shape_changed, standardiser, summarise,
@@ -57,7 +58,7 @@ def test_frame_ring_misfit():
 def test_ring_offsets_and_stride_fit():
     ds = ToyColoring(16, seed=5, allowed_lengths=(20,))
     g = torch.Generator().manual_seed(0)
-    alone = pooled = 0
+    alone = pooled = bayes = 0
     for i in range(len(ds)):
         v = ds[i]
         truth = ring_offsets(v)
@@ -66,8 +67,11 @@ def test_ring_offsets_and_stride_fit():
         noisy = v + 0.6 * torch.randn(v.shape, generator=g)
         alone += (ring_offsets(noisy) == truth).mean() / len(ds)
         pooled += (fit_stride_offsets(noisy) == truth).mean() / len(ds)
-    # Frame by frame the noise hides many offsets; one stride video fitted to all frames recovers them.
-    assert alone < 0.9 and pooled > 0.99
+        t = 1 / 1.6  # noisy = X_t / t at this t
+        bayes += (ring_offsets(bayes_clean_estimate(t * noisy, t).float()) == truth).mean() / len(ds)
+    # Frame by frame the noise hides many offsets; one stride video fitted to all frames recovers
+    # them, and so does the posterior mean.
+    assert alone < 0.9 and pooled > 0.99 and bayes > 0.99
     # A fixed direction: the fit only returns allowed motions.
     offsets = fit_stride_offsets(ds[0] + 0.6 * torch.randn(ds[0].shape, generator=g), strides=(2,), directions=(-1,))
     assert set((np.diff(offsets) % 8).tolist()) == {6}
@@ -80,6 +84,55 @@ def test_ring_offsets_and_stride_fit():
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             fit_stride_offsets(ds[0], **kwargs)
 
+
+
+def test_bayes_clean_estimate_is_the_posterior_mean():
+    """Against an importance-sampled posterior mean: the dataset's prior drawn directly,
+    weighted by the likelihood of two noisy frames."""
+    rng = np.random.default_rng(0)
+    t, n, m = 0.3, 2, 400_000
+    video = ToyColoring(4, seed=3)[1][:n]
+    noisy = t * video + (1 - t) * torch.randn(video.shape, generator=torch.Generator().manual_seed(0))
+    stride = rng.choice([1, 2, 3], m) * rng.choice([1, -1], m)
+    offset0 = rng.integers(0, 8, m)
+    c0, c1, centre = rng.uniform(-1, 1, (m, 3)), rng.uniform(-1, 1, (m, 3)), rng.uniform(-1, 1, (m, 3))
+    keep = np.abs(c1 - c0).max(1) >= 1.0                            # the dataset's contrast rule
+    stride, offset0, c0, c1, centre = stride[keep], offset0[keep], c0[keep], c1[keep], centre[keep]
+    slot = (np.arange(8)[None, None] - (offset0[:, None] + stride[:, None] * np.arange(n))[..., None]) % 8
+    drawn = np.empty((len(stride), n, 3, 3, 3))
+    drawn[:, :, :, RING_ROWS, RING_COLS] = (c0[:, None, None] + (c1 - c0)[:, None, None] * RAMP[slot][..., None]
+                                            ).transpose(0, 1, 3, 2)
+    drawn[:, :, :, 1, 1] = centre[:, None]
+    log_w = -((noisy.double().numpy()[None] - t * drawn) ** 2).sum((1, 2, 3, 4)) / (2 * (1 - t) ** 2)
+    w = np.exp(log_w - log_w.max())
+    sampled = np.einsum("m,mfchw->fchw", w / w.sum(), drawn)
+    estimate_ = bayes_clean_estimate(noisy, t)
+    assert estimate_.shape == video.shape and estimate_.dtype == torch.float64
+    np.testing.assert_allclose(estimate_.numpy(), sampled, atol=0.01)
+    # Pure noise says nothing: the prior's mean, 0 by symmetry. Little noise: close to the video.
+    assert bayes_clean_estimate(noisy, 0.0).abs().max() < 1e-9
+    clean = ToyColoring(4, seed=3)[2]
+    almost = 0.9 * clean + 0.1 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(1))
+    assert (bayes_clean_estimate(almost, 0.9) - clean).abs().max() < 0.06
+
+
+def test_bayes_clean_estimate_per_frame_times_and_errors():
+    ds = ToyColoring(1, seed=5, allowed_lengths=(15,))
+    g = torch.Generator().manual_seed(0)
+    # A pure-noise frame among nearly clean ones is read from its neighbours.
+    v = ds[0]
+    times = torch.full((15,), 0.9)
+    times[7] = 0.0
+    noisy = times.view(-1, 1, 1, 1) * v + (1 - times.view(-1, 1, 1, 1)) * torch.randn(v.shape, generator=g)
+    assert (bayes_clean_estimate(noisy, times)[7] - v[7]).abs().max() < 0.1
+    for bad in ({"times": 0.95}, {"times": -0.1}, {"times": float("nan")}, {"strides": (0,)}, {"directions": (2,)},
+                {"min_contrast": 0.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            bayes_clean_estimate(noisy, **{"times": 0.4, **bad})
+    with pytest.raises(ValueError, match=r"\[n, 3, 3, 3\]"):
+        bayes_clean_estimate(torch.zeros(2, 3, 4, 4), 0.4)
+    with pytest.raises(ValueError, match=r"times must be one time or one per frame \(\[15\]\)"):
+        bayes_clean_estimate(noisy, torch.full((14,), 0.4))
 
 def _shift(x: torch.Tensor) -> torch.Tensor:
     """Move values by 0.5, staying inside [-1, 1]."""

@@ -39,7 +39,7 @@ def test_packing_is_exact(window, attention, length_conditioning):
     if length_conditioning and attention == "causal":
         pytest.skip("length_conditioning is bidirectional only")
     model = make_model(window=window, attention=attention, num_classes=3, length_conditioning=length_conditioning,
-                       prediction="clean" if window == 1 else "velocity")
+                       prediction="clean" if window == 1 else "velocity", mlp="swiglu" if window == 3 else "gelu")
     lengths = [3, 1, 6, 4]
     videos = make_videos(lengths)
     labels = torch.tensor([0, 2, 3, 1])
@@ -162,6 +162,21 @@ def test_length_conditioning_sees_count_and_index():
             assert torch.allclose(x, y[:1], atol=1e-6) != expect_change
 
 
+def test_swiglu_feed_forward():
+    gelu, swiglu = make_model(), make_model(mlp="swiglu")
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert abs(count(swiglu) - count(gelu)) <= 0.01 * count(gelu)  # two thirds of the units: the same size
+    block = swiglu.blocks[0]
+    assert block.fc1.out_features == 2 * block.fc2.in_features == 2 * swiglu.config.mlp_hidden
+    h = torch.randn(5, swiglu.config.hidden_size)
+    value, gate = (h @ block.fc1.weight.T + block.fc1.bias).split(swiglu.config.mlp_hidden, dim=-1)
+    expected = (value * gate * torch.sigmoid(gate)) @ block.fc2.weight.T + block.fc2.bias
+    torch.testing.assert_close(block.feed_forward(h), expected)
+    # A config saved before the option existed loads as the GELU layer it was trained with.
+    old = {k: v for k, v in gelu.config.to_dict().items() if k != "mlp"}
+    assert FlowceptionConfig.from_dict(old).mlp == "gelu"
+
+
 def test_save_and_load_roundtrip(tmp_path):
     model = make_model(num_classes=2, window=1, length_conditioning=True)
     model.save_pretrained(tmp_path / "m")
@@ -216,6 +231,8 @@ def test_presets():
         (dict(prediction="noise"), "prediction"),
         (dict(clean_min_gap=0.0), "clean_min_gap"),
         (dict(clean_min_gap=1.5), "clean_min_gap"),
+        (dict(mlp="relu"), "mlp"),
+        (dict(mlp_ratio=0.01), "no hidden units"),
     ],
 )
 def test_config_errors(overrides, match):
@@ -279,8 +296,8 @@ def linear_flops(rows: int, fan_in: int, fan_out: int) -> int:
     return 2 * rows * fan_in * fan_out
 
 
-@pytest.mark.parametrize("window", [None, 1])
-def test_flop_counter_matches_analytic_count(window):
+@pytest.mark.parametrize("window, mlp", [(None, "gelu"), (1, "gelu"), (None, "swiglu")])
+def test_flop_counter_matches_analytic_count(window, mlp):
     from torch.utils.flop_counter import FlopCounterMode
 
     from flowception_ext import build_info
@@ -288,7 +305,7 @@ def test_flop_counter_matches_analytic_count(window):
     if not build_info()["cpu_kernels"]:
         pytest.skip("the flop formulas are registered on the compiled ops")
     cfg = FlowceptionConfig(in_channels=2, frame_size=(4, 6), patch_size=2, depth=2, hidden_size=48, num_heads=4,
-                            window=window)
+                            window=window, mlp=mlp)
     model = FlowceptionDiT(cfg)
     lengths = [3, 1, 6]
     videos = make_videos(lengths)
@@ -298,12 +315,14 @@ def test_flop_counter_matches_analytic_count(window):
     measured = counter.get_total_flops()
 
     n, p, d, c = sum(lengths), cfg.tokens_per_frame, cfg.hidden_size, cfg.in_channels
-    t, l, hidden, pp = n * p, cfg.patch_tokens, int(d * cfg.mlp_ratio), cfg.patch_size**2
+    t, l, pp = n * p, cfg.patch_tokens, cfg.patch_size**2
+    hidden = int(d * cfg.mlp_ratio) if mlp == "gelu" else 128  # SwiGLU: 2/3 of 4 · 48 units, two projections
+    fc1_out = hidden if mlp == "gelu" else 2 * hidden
     fwd_and_bwd = lambda f: 3 * f  # noqa: E731  forward + grad input + grad weight
     total = linear_flops(n * l, 2 * c * pp, d) * 2  # patch embedding: no grad w.r.t. its input
     total += linear_flops(n, 256, d) * 2 + fwd_and_bwd(linear_flops(n, d, d))  # time embedding MLP
     per_block = (linear_flops(n, d, 6 * d) + linear_flops(t, d, 3 * d) + linear_flops(t, d, d)
-                 + linear_flops(t, d, hidden) + linear_flops(t, hidden, d))
+                 + linear_flops(t, d, fc1_out) + linear_flops(t, hidden, d))
     total += cfg.depth * fwd_and_bwd(per_block)
     total += fwd_and_bwd(linear_flops(n, d, 2 * d) + linear_flops(n * l, d, c * pp))  # final AdaLN + velocity head
     total += fwd_and_bwd(linear_flops(n, d, d) + linear_flops(n, d, 1))  # rate head

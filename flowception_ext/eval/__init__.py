@@ -2,7 +2,8 @@
 and bootstrap and paired intervals.
 
 * :mod:`~flowception_ext.eval.toy` — ToyColoring: :func:`check_manifold` (rule by rule), the
-  ring-offset probes :func:`ring_offsets` and :func:`fit_stride_offsets`;
+  ring-offset probes :func:`ring_offsets` and :func:`fit_stride_offsets`, and the
+  best possible clean-frame estimate :func:`bayes_clean_estimate`;
 * :mod:`~flowception_ext.eval.shapes` — MovingShapes: :func:`consistency`, per-video metrics and
   motion statistics, error curves over frame indices;
 * :mod:`~flowception_ext.eval.stats` — :func:`frechet_distance`, :func:`bootstrap_ci`,
@@ -17,12 +18,12 @@ from .shapes import (FEATURES, ShapesConsistency, clipped_errors, consistency, d
 from .i3d import I3D, fetch_i3d, prepare_videos
 from .metrics import fvd, i3d_features, psnr, ssim
 from .stats import bootstrap_ci, estimate, frechet_distance, paired_difference, standardiser, summarise
-from .toy import (MANIFOLD_RULES, ManifoldCheck, check_manifold, check_manifold_batch, fit_stride_offsets,
-                  frame_ring_misfit, is_on_manifold, ring_offsets)
+from .toy import (MANIFOLD_RULES, ManifoldCheck, bayes_clean_estimate, check_manifold, check_manifold_batch,
+                  fit_stride_offsets, frame_ring_misfit, is_on_manifold, ring_offsets)
 
 __all__ = [
-    "MANIFOLD_RULES", "ManifoldCheck", "check_manifold", "check_manifold_batch", "fit_stride_offsets",
-    "frame_ring_misfit", "is_on_manifold", "ring_offsets",
+    "MANIFOLD_RULES", "ManifoldCheck", "bayes_clean_estimate", "check_manifold", "check_manifold_batch",
+    "fit_stride_offsets", "frame_ring_misfit", "is_on_manifold", "ring_offsets",
     "FEATURES", "ShapesConsistency", "clipped_errors", "consistency", "drift_slope", "error_curve", "is_consistent",
     "shape_changed", "video_features", "video_metrics",
     "I3D", "fetch_i3d", "prepare_videos", "fvd", "i3d_features", "psnr", "ssim",

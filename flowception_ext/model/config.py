@@ -34,6 +34,12 @@ class FlowceptionConfig:
         patch_size: side ``p`` of the square patches; a frame has ``(H/p)(W/p)`` patch tokens + 1 rate token.
         depth, hidden_size, num_heads, mlp_ratio: transformer size (``hidden_size / num_heads``
             must be even and divisible into the three rotary axes).
+        mlp: the blocks' feed-forward layer. ``"gelu"`` (default, as DiT): ``W₂ GELU(W₁ h)`` with
+            ``mlp_ratio · hidden_size`` hidden units. ``"swiglu"`` (Shazeer 2020):
+            ``W₂ (SiLU(W_g h) ⊙ W₁ h)`` with two thirds as many hidden units, so the same
+            parameters and FLOPs (:attr:`mlp_hidden`). Its product of two projections computes
+            products of features directly, which a GELU layer only approximates; on ToyColoring
+            that is what pooling noisy frames needs (docs/experiments/recipe_study.md).
         window: attention window in frames (a frame sees frames within ``±window`` of its
             video); ``None`` = every frame of the video.
         attention: ``"bidirectional"`` (Flowception, full-sequence) or ``"causal"`` (frame-causal,
@@ -83,6 +89,7 @@ class FlowceptionConfig:
     hidden_size: int = 96
     num_heads: int = 4
     mlp_ratio: float = 4.0
+    mlp: Literal["gelu", "swiglu"] = "gelu"
     window: int | None = None
     attention: Literal["bidirectional", "causal"] = "bidirectional"
     num_classes: int = 0
@@ -140,6 +147,10 @@ class FlowceptionConfig:
             raise ValueError(f"num_classes must be an integer >= 0, got {self.num_classes!r}")
         if not self.mlp_ratio > 0:
             raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if self.mlp not in ("gelu", "swiglu"):
+            raise ValueError(f"mlp must be 'gelu' or 'swiglu', got {self.mlp!r}")
+        if self.mlp_hidden < 1:
+            raise ValueError(f"mlp_ratio {self.mlp_ratio} leaves no hidden units at hidden_size {self.hidden_size}")
         for name in ("rope_frame_scale", "rope_spatial_scale"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
@@ -158,6 +169,13 @@ class FlowceptionConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        """Hidden units of a block's feed-forward layer: ``mlp_ratio · hidden_size``, two thirds of
+        that for ``mlp="swiglu"`` (whose first layer has two projections of this width)."""
+        hidden = self.hidden_size * self.mlp_ratio
+        return int(round(2 * hidden / 3)) if self.mlp == "swiglu" else int(hidden)
 
     @property
     def grid_size(self) -> tuple[int, int]:

@@ -132,8 +132,9 @@ class DiTBlock(nn.Module):
         self.eps = config.layer_norm_eps
         self.qkv = nn.Linear(d, 3 * d)
         self.proj = nn.Linear(d, d)
-        hidden = int(d * config.mlp_ratio)
-        self.fc1 = nn.Linear(d, hidden)
+        hidden = config.mlp_hidden
+        self.swiglu = config.mlp == "swiglu"
+        self.fc1 = nn.Linear(d, 2 * hidden if self.swiglu else hidden)  # SwiGLU: (value, gate) projections
         self.fc2 = nn.Linear(hidden, d)
         self.ada = nn.Linear(d, 6 * d)
         head_dim = d // config.num_heads
@@ -160,7 +161,13 @@ class DiTBlock(nn.Module):
         else:
             a = cache.attend(q, k, v, p, attn["window"]).flatten(1)
         x, h = ops.gated_residual_adaln(x, self.proj(a).to(x.dtype), gate1, shift2, scale2, p, self.eps)
-        return ops.gated_residual(x, self.fc2(F.gelu(self.fc1(h), approximate="tanh")).to(x.dtype), gate2, p)
+        return ops.gated_residual(x, self.feed_forward(h).to(x.dtype), gate2, p)
+
+    def feed_forward(self, h: Tensor) -> Tensor:
+        if self.swiglu:
+            value, gate = self.fc1(h).chunk(2, dim=-1)
+            return self.fc2(F.silu(gate) * value)
+        return self.fc2(F.gelu(self.fc1(h), approximate="tanh"))
 
 
 class FlowceptionDiT(nn.Module):
