@@ -58,6 +58,13 @@ def frame_figures(dataset: ToyColoring, videos: list[torch.Tensor]) -> dict:
     }
 
 
+def clean_estimates(model: fe.FlowceptionDiT, noisy: list[Tensor], times: list[Tensor]) -> list[Tensor]:
+    """The network's clean-frame estimate ``X_t + (1 − t) v`` of each noisy video."""
+    packed = fe.PackedVideos.from_list(noisy, times=times)
+    velocity, _ = model(packed)
+    return packed.split(packed.frames + (1 - packed.times)[:, None, None, None] * velocity)
+
+
 @torch.no_grad()
 def offset_probe(model: fe.FlowceptionDiT, dataset: ToyColoring, times=(0.2, 0.4, 0.6), num_videos: int = 64) -> dict:
     """Does the network pool what all frames say about the motion? The last ``num_videos`` data
@@ -89,9 +96,7 @@ def offset_probe(model: fe.FlowceptionDiT, dataset: ToyColoring, times=(0.2, 0.4
                 ts.fill_(1.0)[int(torch.randint(num_frames, (1,), generator=generator))] = 0.0
         noisy = [ts.view(-1, 1, 1, 1) * v + (1 - ts.view(-1, 1, 1, 1)) * torch.randn(v.shape, generator=generator)
                  for v, ts in zip(videos, times_)]
-        packed = fe.PackedVideos.from_list(noisy, times=times_)
-        velocity, _ = model(packed)
-        clean = packed.split(packed.frames + (1 - packed.times)[:, None, None, None] * velocity)
+        clean = clean_estimates(model, noisy, times_)
         noised = [ts < 1 for ts in times_]
         key = "one_noise_frame_among_clean" if t == 0.0 else f"all_frames_at_t={t}"
         result[key] = {"network": right([ring_offsets(x) for x in clean], noised)}

@@ -45,6 +45,7 @@ from flowception_ext.data.toy import TOY_LENGTHS
 from flowception_ext.eval import bayes_clean_estimate, ring_offsets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from length_modeling import clean_estimates  # noqa: E402  (the offset probe's clean-frame estimate)
 from recipe_study import COMBINATIONS, SHAPES_ONLY, VARIANTS, recipe  # noqa: E402  (the study's models)
 
 NUM_FRAMES = 15  # the probe's length (the shortest ToyColoring video)
@@ -68,14 +69,7 @@ class Probe:
     @torch.no_grad()
     def network(self, model: fe.FlowceptionDiT) -> dict:
         times = [torch.full((NUM_FRAMES,), self.t) for _ in self.noisy]
-        return self.score(clean_estimate(model, self.noisy, times))
-
-
-def clean_estimate(model: fe.FlowceptionDiT, noisy: list[torch.Tensor], times: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The network's clean-frame estimate ``X_t + (1 − t) v`` of each video."""
-    packed = fe.PackedVideos.from_list(noisy, times=times)
-    velocity, _ = model(packed)
-    return packed.split(packed.frames + (1 - packed.times)[:, None, None, None] * velocity)
+        return self.score(clean_estimates(model, self.noisy, times))
 
 
 def main() -> None:
@@ -126,7 +120,7 @@ def main() -> None:
             videos = [v[np.sort(rng.choice(args.from_frames, NUM_FRAMES, replace=False))] for v in videos]
         t = torch.full((len(videos),), args.t) if args.times == "fixed" else torch.rand(len(videos))
         noisy = [ti * v + (1 - ti) * torch.randn_like(v) for ti, v in zip(t, videos)]
-        estimate = clean_estimate(model, noisy, [torch.full((NUM_FRAMES,), float(ti)) for ti in t])
+        estimate = clean_estimates(model, noisy, [torch.full((NUM_FRAMES,), float(ti)) for ti in t])
         error = (torch.cat(estimate) - torch.cat(videos)).square()
         if args.weighting == "trainer":  # the velocity error (X̂¹ − X¹) / (1 − t), squared and weighted
             times = t.repeat_interleave(NUM_FRAMES)
