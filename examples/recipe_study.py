@@ -68,10 +68,14 @@ VARIANTS = {
     "context_zero": {"model": dict(context_init="zero")},              # context channels start at 0
     "qk_norm": {"model": dict(qk_norm=True)},
     "positive_strides": {"data": dict(directions=(1,))},
+    "length15": {"data": dict(allowed_lengths=(15,))},  # data: 15-frame videos only (the offset probe's length)
     "width240": {"model": dict(depth=6, hidden_size=240, num_heads=8)},  # the reference Tiny's width and depth
     "frame_dims18": {"model": dict(rope_frame_dims=18)},                # (head dim 30: 12 left for rows, columns)
     "swiglu": {"model": dict(mlp="swiglu")},                            # gated feed-forward layers, same size
     "clean_loss": {"model": dict(clean_min_gap=1.0)},                   # the clean-frame error unweighted
+    "kappa_early": {"noising": dict(kappa={"name": "early", "power": 5.0})},  # half the frames in by t = 0.13
+    "kappa_early20": {"noising": dict(kappa={"name": "early", "power": 20.0})},  # 99 % of them in by t = 0.21
+    "poisson": {"sample": dict(insertion="poisson")},  # the sampler inserts Poisson counts, not at most one a step
 }
 # MovingShapes image-to-video (16×16, one shape, 8–16 frames): the recipe of examples/paradigms.py
 # (velocity prediction, 4×4 patches, lr 2e-3, 128 frames a step), sampled with 40 steps per frame
@@ -84,7 +88,8 @@ SHAPES_BASELINE = {
     "sample": dict(steps=40),
 }
 SHAPES_VARIANTS = ("baseline", "rope20", "rope20_wide", "tau_uniform", "rate_flowing", "clean", "qk_norm", "context_zero",
-                   "context_zero_clean", "context_zero_clean_tau_uniform", "context_zero_clean_qk_norm")
+                   "context_zero_clean", "context_zero_clean_tau_uniform", "context_zero_clean_qk_norm",
+                   "context_zero_clean_early20", "context_zero_clean_early5", "context_zero_clean_early5_uniform")
 COMBINATIONS = {
     # the reference code's toy recipe, at patch 1 (its) and patch 3 (ours)
     "reference_like": ["patch1", "rope20", "spatial200", "qk_norm", "start_frames_ref", "rate_flowing", "velocity"],
@@ -93,10 +98,21 @@ COMBINATIONS = {
     "width240_rope20_wide": ["width240", "rope20", "frame_dims18"],
     "rope20_wide_swiglu": ["rope20_wide", "swiglu"],  # the best toy probe so far, with gated feed-forward layers
     "rope20_wide_clean_loss": ["rope20_wide", "clean_loss"],  # and with the clean-frame error unweighted
+    "rope20_wide_swiglu_kappa_early": ["rope20_wide", "swiglu", "kappa_early"],  # and frames inserted early
+    "early5_uniform": ["rope20_wide", "swiglu", "kappa_early", "tau_uniform", "poisson"],
+    "early20": ["rope20_wide", "swiglu", "kappa_early20", "poisson"],
+    "early20_length15": ["rope20_wide", "swiglu", "kappa_early20", "poisson", "length15"],
+    "early20_length15_uniform": ["rope20_wide", "swiglu", "kappa_early20", "poisson", "length15", "tau_uniform"],
+    "early20_length15_clean_loss": ["rope20_wide", "swiglu", "kappa_early20", "poisson", "length15", "clean_loss"],
+    "early20_uniform": ["rope20_wide", "swiglu", "kappa_early20", "tau_uniform", "poisson"],
+    "early5_clean_loss": ["rope20_wide", "swiglu", "kappa_early", "poisson", "clean_loss"],
     "context_zero_clean": ["context_zero", "clean"],  # MovingShapes: the best recipe measured there
     # and one more factor on top of it, for the longer MovingShapes runs
     "context_zero_clean_tau_uniform": ["context_zero", "clean", "tau_uniform"],
     "context_zero_clean_qk_norm": ["context_zero", "clean", "qk_norm"],
+    "context_zero_clean_early20": ["context_zero", "clean", "kappa_early20", "poisson"],
+    "context_zero_clean_early5": ["context_zero", "clean", "kappa_early", "poisson"],
+    "context_zero_clean_early5_uniform": ["context_zero", "clean", "kappa_early", "poisson", "tau_uniform"],
 }
 # ToyColoring has no context: what changes the context channels is for MovingShapes only
 SHAPES_ONLY = tuple(n for n in SHAPES_VARIANTS if "context_zero" in COMBINATIONS.get(n, [n]))
@@ -187,7 +203,7 @@ def run_toy(name: str, out: Path, args) -> dict:
     probe = offset_probe(ema, dataset, times=(0.4,))
     noising = fe.NoisingConfig(**r["noising"])
     n_start = noising.n_start + int(noising.start_last)  # start as training does: frame 0, extra ones, the last
-    output = fe.sample(ema, num_videos=args.num_samples, steps=r["sample"]["steps"], n_start=n_start,
+    output = fe.sample(ema, num_videos=args.num_samples, n_start=n_start, kappa=noising.kappa, **r["sample"],
                        generator=torch.Generator().manual_seed(0), progress=False)
     generated = collections.Counter(output.lengths)
     data = collections.Counter(dataset.lengths)
@@ -213,8 +229,9 @@ def run_shapes(name: str, out: Path, args) -> dict:
     model = fe.FlowceptionDiT(fe.FlowceptionConfig.from_preset("tiny", in_channels=3, frame_size=16, **r["model"]))
     ema, record = train_variant(model, train, r, out, args)
     real = [test[i] for i in range(len(test))]
-    videos = sc.sample_flowception(ema, [fe.Context.image_to_video(v[0]) for v in real], steps=r["sample"]["steps"],
-                                   seed=1, max_frames=2 * shape_args.max_length)["videos"]
+    videos = sc.sample_flowception(ema, [fe.Context.image_to_video(v[0]) for v in real], **r["sample"],
+                                   kappa=fe.NoisingConfig(**r["noising"]).kappa, seed=1,
+                                   max_frames=2 * shape_args.max_length)["videos"]
     real_features = np.stack([video_features(v) for v in real])
     features = np.stack([video_features(v) for v in videos])
     metrics = summarise(video_metrics(videos), features, real_features, 1000, 0)

@@ -46,6 +46,7 @@ from flowception_ext.checkpoint import save_tensors
 from flowception_ext.data import MovingShapes
 from flowception_ext.costs import count_flops
 from flowception_ext.noising import NoisingConfig
+from flowception_ext.schedules import KappaScheduler
 from flowception_ext.training import finished_checkpoint, resumable_checkpoint
 
 __all__ = [
@@ -233,10 +234,13 @@ def generators(seed: int, count: int, offset: int = 0) -> list[torch.Generator]:
 
 def sample_flowception(model: fe.FlowceptionDiT, contexts: list[fe.Context], *, steps: int, seed: int,
                        order: str = "learned", target_lengths: Sequence[int] | None = None,
-                       max_frames: int | None = None, batch: int = 64) -> dict:
+                       max_frames: int | None = None, batch: int = 64, kappa: str | dict | KappaScheduler = "linear",
+                       insertion: str = "bernoulli") -> dict:
     """Flowception sampling of one video per context, in batches. With a fixed ``order``,
     ``target_lengths`` gives each video's length; videos are grouped by length (``sample`` takes
-    one ``target_length`` per call). Returns the videos (in context order) and their records."""
+    one ``target_length`` per call). ``kappa`` and ``insertion`` go to :func:`flowception_ext.sample`
+    (κ must be the one the model was trained with). Returns the videos (in context order) and
+    their records."""
     if order != "learned" and (target_lengths is None or len(target_lengths) != len(contexts)):
         raise ValueError(f"order={order!r} needs one target length per context")
     gens = generators(seed, len(contexts))
@@ -252,7 +256,7 @@ def sample_flowception(model: fe.FlowceptionDiT, contexts: list[fe.Context], *, 
             idx = members[start:start + batch]
             out = fe.sample(model, [contexts[i] for i in idx], n_start=0, steps=steps, order=order,
                             target_length=length, max_frames=max_frames, generator=[gens[i] for i in idx],
-                            progress=False)
+                            kappa=kappa, insertion=insertion, progress=False)
             for j, i in enumerate(idx):
                 videos[i], is_context[i] = out.videos[j], out.is_context[j]
                 insert_time[i], hit[i] = out.insert_time[j], out.max_frames_hit[j]

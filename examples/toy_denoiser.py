@@ -19,11 +19,15 @@ or full-sequence states. Every ``--eval-every`` steps the EMA weights are compar
 Bayes posterior mean (:func:`~flowception_ext.eval.bayes_clean_estimate`) on the probe's 64
 videos, noised once (other draws than the probe's): the clean-frame MSE of each and the fraction
 of ring offsets right. One thread; the run stops at the first step past ``--budget-minutes`` of
-CPU time, and writes ``<variant>_<times>[_trainer_weights][_from30][_seed1].json`` in ``--out``.
+CPU time, and writes ``<variant>_<times>[_trainer_weights][_from30][_seed1].json`` in ``--out``,
+with the EMA weights in the directory of the same name.
+``--num-samples N`` then samples N 15-frame videos from the EMA weights with the full-sequence
+Euler sampler and scores them against the data manifold, as the recipe study scores Flowception's.
 
     python examples/toy_denoiser.py --out runs/toy_denoiser                                # rope20_wide, t ~ U(0, 1)
     python examples/toy_denoiser.py --times fixed --out runs/toy_denoiser                  # the probe's task only
     python examples/toy_denoiser.py --variant rope20_wide_swiglu --out runs/toy_denoiser   # SwiGLU layers
+    python examples/toy_denoiser.py --variant rope20_wide_swiglu --num-samples 128 --out runs/toy_denoiser_samples
     python examples/toy_denoiser.py --quick --out /tmp/td                                  # CI check (seconds)
 """
 
@@ -45,7 +49,7 @@ from flowception_ext.data.toy import TOY_LENGTHS
 from flowception_ext.eval import bayes_clean_estimate, ring_offsets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from length_modeling import clean_estimates  # noqa: E402  (the offset probe's clean-frame estimate)
+from length_modeling import clean_estimates, frame_figures  # noqa: E402  (the offset probe's estimate, sample scores)
 from recipe_study import COMBINATIONS, SHAPES_ONLY, VARIANTS, recipe  # noqa: E402  (the study's models)
 
 NUM_FRAMES = 15  # the probe's length (the shortest ToyColoring video)
@@ -91,11 +95,16 @@ def main() -> None:
     parser.add_argument("--num-videos", type=int, default=32768, help="training videos (generated, so cheap)")
     parser.add_argument("--probe-videos", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-samples", type=int, default=0,
+                        help="15-frame videos to sample from the EMA weights (full-sequence Euler, --sample-steps) "
+                             "and score against the data manifold")
+    parser.add_argument("--sample-steps", type=int, default=200)
     parser.add_argument("--out", default="runs/toy_denoiser")
     parser.add_argument("--quick", action="store_true", help="seconds of training: a CI check")
     parser.add_argument("--threads", type=int, default=1)
     if parser.parse_known_args()[0].quick:
-        parser.set_defaults(budget_minutes=0.05, eval_every=20, probe_videos=8, num_videos=512)
+        parser.set_defaults(budget_minutes=0.05, eval_every=20, probe_videos=8, num_videos=512, num_samples=4,
+                            sample_steps=10)
     args = parser.parse_args()
     if args.from_frames not in TOY_LENGTHS:
         parser.error(f"--from-frames must be a ToyColoring length {TOY_LENGTHS}, got {args.from_frames}")
@@ -141,13 +150,20 @@ def main() -> None:
     result = {"settings": {k: v for k, v in vars(args).items() if k not in ("quick", "out")},
               "parameters": sum(p.numel() for p in model.parameters()), "steps": step,
               "bayes": probe.bayes, "network": probe.network(ema), "history": history}
+    if args.num_samples:  # does a denoiser this good sample videos on the manifold?
+        output = fe.sampling.sample_full_sequence(ema, num_frames=NUM_FRAMES, num_videos=args.num_samples,
+                                                  steps=args.sample_steps, generator=torch.Generator().manual_seed(0),
+                                                  progress=False)
+        result["samples"] = {"num_samples": args.num_samples, "steps": args.sample_steps,
+                             **frame_figures(dataset, output.videos)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = (f"{args.variant}_{args.times}" + ("_trainer_weights" if args.weighting == "trainer" else "")
             + (f"_from{args.from_frames}" if args.from_frames > NUM_FRAMES else "")
             + (f"_seed{args.seed}" if args.seed else ""))
     save_text(out / f"{name}.json", json.dumps(result, indent=2))
-    print(json.dumps({k: result[k] for k in ("steps", "bayes", "network")}))
+    ema.save_pretrained(out / name)  # FlowceptionDiT.from_pretrained reads it back
+    print(json.dumps({k: result[k] for k in ("steps", "bayes", "network", "samples") if k in result}))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ __all__ = [
     "LinearKappa",
     "PolynomialKappa",
     "CosineKappa",
+    "EarlyKappa",
     "kappa_from_name",
     "TimeDistribution",
     "LogitNormalTime",
@@ -62,8 +63,12 @@ class KappaScheduler(ABC):
         x = _as_tensor(t)
         inside = x < 1
         xc = torch.where(inside, x.clamp(0, 1), torch.zeros_like(x))
-        rho = self._derivative(xc) / (1 - self._kappa(xc))
+        rho = self._hazard(xc)
         return _like_input(torch.where(inside, rho, torch.zeros_like(rho)), t)
+
+    def _hazard(self, t: Tensor) -> Tensor:
+        """ρ on [0, 1); a subclass with a closed form overrides it (1 − κ can round to 0 first)."""
+        return self._derivative(t) / (1 - self._kappa(t))
 
     def inverse(self, u: TensorOrFloat) -> TensorOrFloat:
         """κ⁻¹(u) for u in [0, 1]: insertion times are drawn as κ⁻¹(U(0, 1))."""
@@ -130,6 +135,36 @@ class CosineKappa(KappaScheduler):
         return torch.acos(1 - u) * (2 / math.pi)
 
 
+@dataclass(frozen=True)
+class EarlyKappa(KappaScheduler):
+    """κ(t) = 1 − (1 − t)^p (p ≥ 1): insertions early, with the finite hazard ρ(t) = p / (1 − t),
+    p times the linear one. (``PolynomialKappa`` with p < 1 inserts early too, but its hazard
+    is infinite at t = 0, which the sampler cannot step.) A frame is inserted by
+    t = 1 − 2^(−1/p) with probability 1/2: 0.13 for p = 5."""
+
+    power: float = 4.0
+    name = "early"
+
+    def __post_init__(self) -> None:
+        if not self.power >= 1:
+            raise ValueError(f"power must be >= 1, got {self.power}")
+
+    def _kappa(self, t: Tensor) -> Tensor:
+        return 1 - (1 - t) ** self.power
+
+    def _derivative(self, t: Tensor) -> Tensor:
+        return self.power * (1 - t) ** (self.power - 1)
+
+    def _hazard(self, t: Tensor) -> Tensor:
+        return self.power / (1 - t)
+
+    def _inverse(self, u: Tensor) -> Tensor:
+        return 1 - (1 - u) ** (1.0 / self.power)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "power": self.power}
+
+
 def _from_spec(spec, base: type, classes: dict[str, type], what: str):
     """An instance of ``base`` from an instance, a name, or a ``to_dict()`` dict."""
     if isinstance(spec, base):
@@ -144,10 +179,10 @@ def _from_spec(spec, base: type, classes: dict[str, type], what: str):
 
 
 def kappa_from_name(spec: str | dict | KappaScheduler) -> KappaScheduler:
-    """Build a scheduler from a name (``"linear"``, ``"cosine"``, ``"polynomial"``), a dict from
-    ``to_dict()`` or pass an instance through."""
+    """Build a scheduler from a name (``"linear"``, ``"cosine"``, ``"polynomial"``, ``"early"``), a
+    dict from ``to_dict()`` or pass an instance through."""
     return _from_spec(spec, KappaScheduler, {"linear": LinearKappa, "polynomial": PolynomialKappa,
-                                             "cosine": CosineKappa}, "kappa scheduler")
+                                             "cosine": CosineKappa, "early": EarlyKappa}, "kappa scheduler")
 
 
 class TimeDistribution(ABC):

@@ -32,6 +32,10 @@ CASES = {
                                                      ("lengths", "fraction_breaking_each_rule", "offset_accuracy_probe"), ()),
     "recipe_study.py": ("study_toy.json", ("settings", "variants"), ()),
     "recipe_study.py --dataset shapes": ("study_shapes.json", ("settings", "variants"), ()),
+    # early insertion: the sampler must get the κ and the insertion draw of the recipe
+    "recipe_study.py --variants early5_clean_loss": ("study_toy.json", ("settings", "variants"), ()),
+    "recipe_study.py --dataset shapes --variants context_zero_clean_early5": ("study_shapes.json",
+                                                                             ("settings", "variants"), ()),
     "toy_denoiser.py": ("rope20_wide_uniform.json", ("bayes", "network", "history"), ()),
     "real_clips.py": ("results.json", ("metrics", "clips", "train_flops_per_step"),
                       ("real_clips_lengths.png", "real_clips_examples.png")),

@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from flowception_ext.schedules import (CosineKappa, LinearKappa, LogitNormalTime, PolynomialKappa, UniformTime,
+from flowception_ext.schedules import (CosineKappa, EarlyKappa, LinearKappa, LogitNormalTime, PolynomialKappa, UniformTime,
                                        kappa_from_name, time_distribution_from_name)
 
-SCHEDULERS = [LinearKappa(), PolynomialKappa(2.0), PolynomialKappa(0.5), CosineKappa()]
+SCHEDULERS = [LinearKappa(), PolynomialKappa(2.0), PolynomialKappa(0.5), CosineKappa(), EarlyKappa(), EarlyKappa(1.5)]
 
 
 @pytest.mark.parametrize("sched", SCHEDULERS, ids=lambda s: str(s.to_dict()))
@@ -31,6 +31,15 @@ def test_kappa_inverse_endpoints_monotone(sched):
 def test_linear_hazard_closed_form():
     t = torch.tensor([0.0, 0.5, 0.9], dtype=torch.float64)
     torch.testing.assert_close(LinearKappa().hazard(t), 1 / (1 - t))
+
+
+def test_early_hazard_closed_form_and_median():
+    t = torch.tensor([0.0, 0.5, 0.9], dtype=torch.float64)
+    torch.testing.assert_close(EarlyKappa(5.0).hazard(t), 5 / (1 - t))  # finite at 0, unlike t^p with p < 1
+    assert math.isclose(EarlyKappa(20.0).hazard(0.85), 20 / 0.15)  # where 1 − κ rounds to 0 in float64
+    assert math.isclose(EarlyKappa(5.0).inverse(0.5), 1 - 2 ** -0.2)
+    assert EarlyKappa(1.0).to_dict() == {"name": "early", "power": 1.0}
+    torch.testing.assert_close(EarlyKappa(1.0).kappa(t), LinearKappa().kappa(t))
 
 
 def test_float_in_float_out():
@@ -58,5 +67,7 @@ def test_from_name_roundtrip_and_errors():
         kappa_from_name("quadratic")
     with pytest.raises(ValueError, match="power"):
         PolynomialKappa(0.0)
+    with pytest.raises(ValueError, match="power must be >= 1"):
+        EarlyKappa(0.5)
     with pytest.raises(TypeError, match="kappa scheduler"):
         kappa_from_name(3)

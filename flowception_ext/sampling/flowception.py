@@ -214,7 +214,9 @@ def sample(
             ``2·steps`` steps.
         insertion: ``"bernoulli"`` (at most one frame per slot and step, probability
             ``min(1, h ρ(t_g) λ)``) or ``"poisson"`` (``Poisson(h ρ(t_g) λ)`` frames).
-        kappa: insertion scheduler (name, dict or instance; see :mod:`flowception_ext.schedules`).
+        kappa: insertion scheduler (name, dict or instance; see :mod:`flowception_ext.schedules`):
+            the one the model was trained with (``NoisingConfig.kappa``), since the rate head learns
+            insertion counts for the states that scheduler produces.
         rate_guidance, velocity_guidance: guidance scales ``w >= 0`` (see :func:`guided_prediction`);
             1 = no guidance (one model pass per step), otherwise two passes.
         gamma: time reparameterisation ``t = u^γ`` of the per-frame solver coordinate ``u``
