@@ -142,7 +142,7 @@ class EarlyKappa(KappaScheduler):
     is infinite at t = 0, which the sampler cannot step.) A frame is inserted by
     t = 1 − 2^(−1/p) with probability 1/2: 0.13 for p = 5."""
 
-    power: float = 4.0
+    power: float = 5.0
     name = "early"
 
     def __post_init__(self) -> None:
