@@ -114,7 +114,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
 
     dataset = ToyColoring(num_videos=args.num_videos, seed=0, allowed_lengths=(args.from_frames,))
-    probe = Probe(ToyColoring(num_videos=4096, seed=0), args.t, args.probe_videos)  # the offset probe's videos
+    held_out = ToyColoring(num_videos=4096, seed=0)  # every length: the probe's videos, the manifold's rules
+    probe = Probe(held_out, args.t, args.probe_videos)
     model = fe.FlowceptionDiT(fe.FlowceptionConfig.from_preset("tiny", in_channels=3, frame_size=3,
                                                                 **recipe(args.variant)["model"]))
     ema = fe.FlowceptionDiT(model.config).eval()
@@ -155,7 +156,7 @@ def main() -> None:
                                                   steps=args.sample_steps, generator=torch.Generator().manual_seed(0),
                                                   progress=False)
         result["samples"] = {"num_samples": args.num_samples, "steps": args.sample_steps,
-                             **frame_figures(dataset, output.videos)}
+                             **frame_figures(held_out, output.videos)}  # (``dataset`` may allow 30 frames only)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = (f"{args.variant}_{args.times}" + ("_trainer_weights" if args.weighting == "trainer" else "")

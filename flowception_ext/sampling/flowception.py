@@ -299,7 +299,7 @@ def sample(
                     scale = h * float(kappa.hazard(t_g))
                     if not math.isfinite(scale):
                         raise ValueError(f"the hazard of kappa={kappa.to_dict()} is infinite at t_g={t_g}; "
-                                         "use a scheduler with a finite hazard (e.g. polynomial with power >= 1)")
+                                         "use a scheduler with a finite hazard (e.g. polynomial with power >= 1, or early)")
                     mean = torch.where(videos.insertable, scale * log_rate.exp(), 0.0)
                     counts = rng.draw(_insertion_draw(insertion), lengths, mean)
                 else:
