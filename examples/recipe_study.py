@@ -75,7 +75,10 @@ VARIANTS = {
     "clean_loss": {"model": dict(clean_min_gap=1.0)},                   # the clean-frame error unweighted
     "kappa_early": {"noising": dict(kappa={"name": "early", "power": 5.0})},  # half the frames in by t = 0.13
     "kappa_early20": {"noising": dict(kappa={"name": "early", "power": 20.0})},  # 99 % of them in by t = 0.21
-    "poisson": {"sample": dict(insertion="poisson")},  # the sampler inserts Poisson counts, not at most one a step
+    "poisson": {"sample": dict(insertion="poisson")},
+    # s uniform on a quarter / half of the draws: weight back on the first states, where the length is decided
+    "tau_mix25": {"noising": dict(time_distribution={"name": "logit_normal", "uniform_fraction": 0.25})},
+    "tau_mix50": {"noising": dict(time_distribution={"name": "logit_normal", "uniform_fraction": 0.5})},  # the sampler inserts Poisson counts, not at most one a step
 }
 # MovingShapes image-to-video (16×16, one shape, 8–16 frames): the recipe of examples/paradigms.py
 # (velocity prediction, 4×4 patches, lr 2e-3, 128 frames a step), sampled with 40 steps per frame
@@ -106,6 +109,8 @@ COMBINATIONS = {
     "early20_length15_clean_loss": ["rope20_wide", "swiglu", "kappa_early20", "poisson", "length15", "clean_loss"],
     "early20_uniform": ["rope20_wide", "swiglu", "kappa_early20", "tau_uniform", "poisson"],
     "early5_clean_loss": ["rope20_wide", "swiglu", "kappa_early", "poisson", "clean_loss"],
+    "early5_clean_loss_mix25": ["rope20_wide", "swiglu", "kappa_early", "poisson", "clean_loss", "tau_mix25"],
+    "early5_clean_loss_mix50": ["rope20_wide", "swiglu", "kappa_early", "poisson", "clean_loss", "tau_mix50"],
     "context_zero_clean": ["context_zero", "clean"],  # MovingShapes: the best recipe measured there
     # and one more factor on top of it, for the longer MovingShapes runs
     "context_zero_clean_tau_uniform": ["context_zero", "clean", "tau_uniform"],

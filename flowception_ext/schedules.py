@@ -200,18 +200,34 @@ class TimeDistribution(ABC):
 
 @dataclass(frozen=True)
 class LogitNormalTime(TimeDistribution):
-    """s = sigmoid(m + σ·z), z ~ N(0, 1) (default m = 0, σ = 1)."""
+    """s = sigmoid(m + σ·z), z ~ N(0, 1) (default m = 0, σ = 1); with probability ``uniform_fraction``,
+    s ~ U(0, 1) instead.
+
+    The uniform share puts weight back on the earliest states (s < 0.1 has probability 1.4 % under
+    the plain law), where a video has few frames and its length is decided; it matters when κ
+    inserts early (``EarlyKappa``), so that few training states have insertions pending.
+    """
 
     mean: float = 0.0
     std: float = 1.0
+    uniform_fraction: float = 0.0
     name = "logit_normal"
+
+    def __post_init__(self) -> None:
+        q = self.uniform_fraction
+        if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 <= q <= 1.0:
+            raise ValueError(f"uniform_fraction must be a probability in [0, 1], got {q!r}")
 
     def sample(self, shape, generator=None, device=None) -> Tensor:
         z = torch.randn(shape, generator=generator, dtype=torch.float64, device=device)
-        return torch.sigmoid(self.mean + self.std * z)
+        s = torch.sigmoid(self.mean + self.std * z)
+        if self.uniform_fraction > 0:  # no extra draws otherwise: default draws stay as they were
+            u = torch.rand((2, *s.shape), generator=generator, dtype=torch.float64, device=device)
+            s = torch.where(u[0] < self.uniform_fraction, u[1], s)
+        return s
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "mean": self.mean, "std": self.std}
+        return {"name": self.name, "mean": self.mean, "std": self.std, "uniform_fraction": self.uniform_fraction}
 
 
 @dataclass(frozen=True)

@@ -238,7 +238,8 @@ def s_cdf(dist, x):
     if isinstance(dist, UniformTime):
         return np.clip(x, 0, 1)
     with np.errstate(divide="ignore"):
-        return stats.norm.cdf((np.log(x) - np.log1p(-x) - dist.mean) / dist.std)
+        logit_normal = stats.norm.cdf((np.log(x) - np.log1p(-x) - dist.mean) / dist.std)
+    return dist.uniform_fraction * np.clip(x, 0, 1) + (1 - dist.uniform_fraction) * logit_normal
 
 
 def s_pdf(dist, x):
@@ -248,7 +249,8 @@ def s_pdf(dist, x):
         return inside.astype(np.float64)
     xc = np.where(inside, x, 0.5)
     z = (np.log(xc) - np.log1p(-xc) - dist.mean) / dist.std
-    return np.where(inside, stats.norm.pdf(z) / (dist.std * xc * (1 - xc)), 0.0)
+    q = dist.uniform_fraction
+    return np.where(inside, q + (1 - q) * stats.norm.pdf(z) / (dist.std * xc * (1 - xc)), 0.0)
 
 
 DISTS = [LogitNormalTime(), UniformTime()]
@@ -360,7 +362,7 @@ def test_insertion_times_and_s_laws(kappa):
     assert stats.kstest(s_cdf(LogitNormalTime(), s), "uniform").pvalue > 1e-4
 
 
-@pytest.mark.parametrize("dist", DISTS, ids=lambda d: d.name)
+@pytest.mark.parametrize("dist", DISTS + [LogitNormalTime(uniform_fraction=0.5)], ids=lambda d: str(d.to_dict()))
 def test_redraw_law(dist):
     """Image-to-video with n_start = 1 has no starting frame: s is redrawn until a frame flows. With
     one free frame (insertion time M) that means s ~ p_s conditioned on s >= M / (M + 1)."""

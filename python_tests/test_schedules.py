@@ -1,7 +1,9 @@
 import math
 
+import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from flowception_ext.schedules import (CosineKappa, EarlyKappa, LinearKappa, LogitNormalTime, PolynomialKappa, UniformTime,
                                        kappa_from_name, time_distribution_from_name)
@@ -57,6 +59,22 @@ def test_time_distributions():
     s = LogitNormalTime().sample((20000,), generator=g)
     z = torch.logit(s)
     assert abs(float(z.std()) - 1.0) < 0.03
+
+
+def test_logit_normal_uniform_fraction():
+    """With ``uniform_fraction = q``, P(s < x) = q·x + (1 − q)·Φ(logit x); q = 0 draws as before."""
+    g = torch.Generator().manual_seed(1)
+    s = LogitNormalTime(uniform_fraction=0.3).sample((40000,), generator=g).numpy()
+    cdf = lambda x: 0.3 * x + 0.7 * stats.norm.cdf(np.log(x) - np.log1p(-x))
+    assert stats.kstest(s, cdf).pvalue > 1e-4
+    assert stats.kstest(s, lambda x: stats.norm.cdf(np.log(x) - np.log1p(-x))).pvalue < 1e-6  # the test can fail
+    a = LogitNormalTime().sample((100,), generator=torch.Generator().manual_seed(2))
+    b = LogitNormalTime(uniform_fraction=0.0).sample((100,), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
+    assert time_distribution_from_name(LogitNormalTime(uniform_fraction=0.3).to_dict()) == LogitNormalTime(uniform_fraction=0.3)
+    for bad in (-0.1, 1.5, True, "half"):
+        with pytest.raises(ValueError, match="uniform_fraction"):
+            LogitNormalTime(uniform_fraction=bad)
 
 
 def test_from_name_roundtrip_and_errors():
