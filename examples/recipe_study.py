@@ -17,6 +17,7 @@ run at once, each in its own process with one thread.
     python examples/recipe_study.py --variants baseline,patch1 --budget-minutes 5
     python examples/recipe_study.py --dataset shapes --budget-minutes 10 --num-samples 96   # MovingShapes I2V
     python examples/recipe_study.py --quick --out /tmp/rs                        # CI check (under 3 min)
+    python examples/recipe_study.py --list                                       # the variants, and what each changes
 
 A rerun reuses the finished variants in ``--out`` (delete a variant's folder to redo it) and
 continues an interrupted one from its last checkpoint, with the CPU budget it had left.
@@ -121,6 +122,18 @@ COMBINATIONS = {
 }
 # ToyColoring has no context: what changes the context channels is for MovingShapes only
 SHAPES_ONLY = tuple(n for n in SHAPES_VARIANTS if "context_zero" in COMBINATIONS.get(n, [n]))
+
+
+def describe(names: list[str]) -> str:
+    """One line per variant: its changes to the baseline recipe, or the variants a combination joins."""
+    lines = []
+    for name in names:
+        if name in COMBINATIONS:
+            what = " + ".join(COMBINATIONS[name])
+        else:
+            what = "; ".join(f"{section}.{k}={v!r}" for section, c in VARIANTS[name].items() for k, v in c.items())
+        lines.append(f"{name:<34} {what or '(the baseline)'}")
+    return "\n".join(lines)
 
 
 def recipe(name: str, baseline: dict = BASELINE) -> dict:
@@ -270,10 +283,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="toy", choices=("toy", "shapes"),
                         help="ToyColoring (stride motion) or MovingShapes image-to-video")
-    parser.add_argument("--variants", default=None,
-                        help=f"comma-separated, from {', '.join(n for n in [*VARIANTS, *COMBINATIONS] if n not in SHAPES_ONLY)} "
-                             "(toy; default all) "
-                             f"or {', '.join(SHAPES_VARIANTS)} (shapes; default all)")
+    parser.add_argument("--variants", default=None, help="comma-separated variant names (see --list; default all)")
+    parser.add_argument("--list", action="store_true", help="print the dataset's variants and what each changes, and exit")
     parser.add_argument("--budget-minutes", type=float, default=20.0, help="CPU minutes of training per variant")
     parser.add_argument("--max-steps", type=int, default=1_000_000, help="the LR schedule's length (and a cap)")
     parser.add_argument("--num-videos", type=int, default=32768, help="training videos (generated, so cheap)")
@@ -295,6 +306,9 @@ def main() -> None:
         return
     known = ([n for n in [*VARIANTS, *COMBINATIONS] if n not in SHAPES_ONLY] if args.dataset == "toy"
              else list(SHAPES_VARIANTS))
+    if args.list:
+        print(describe(known))
+        return
     default = (["baseline", known[1]] if args.quick else known)  # quick: the baseline and one variant
     names = default if args.variants is None else [n.strip() for n in args.variants.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]

@@ -68,3 +68,22 @@ def test_example_quick(case: str, tmp_path: Path) -> None:
         for row in data["metrics"].values():
             for entry in row.values():
                 assert len(entry["ci95"]) == 2 and "value" in entry
+
+
+@pytest.mark.parametrize("dataset", ["toy", "shapes"])
+def test_recipe_study_list(dataset: str) -> None:
+    """``--list`` names every variant the dataset accepts (and nothing it rejects), then exits."""
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import recipe_study
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "recipe_study.py"), "--list", "--dataset", dataset],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    listed = [line.split()[0] for line in proc.stdout.splitlines()]
+    known = (list(recipe_study.SHAPES_VARIANTS) if dataset == "shapes" else
+             [n for n in [*recipe_study.VARIANTS, *recipe_study.COMBINATIONS] if n not in recipe_study.SHAPES_ONLY])
+    assert listed == known
+    lines = dict(line.split(maxsplit=1) for line in proc.stdout.splitlines())
+    assert lines["clean"] == "model.prediction='clean'" and lines["baseline"] == "(the baseline)"
