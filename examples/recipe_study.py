@@ -76,10 +76,10 @@ VARIANTS = {
     "clean_loss": {"model": dict(clean_min_gap=1.0)},                   # the clean-frame error unweighted
     "kappa_early": {"noising": dict(kappa={"name": "early", "power": 5.0})},  # half the frames in by t = 0.13
     "kappa_early20": {"noising": dict(kappa={"name": "early", "power": 20.0})},  # 99 % of them in by t = 0.21
-    "poisson": {"sample": dict(insertion="poisson")},
+    "poisson": {"sample": dict(insertion="poisson")},  # the sampler inserts Poisson counts, not at most one a step
     # s uniform on a quarter / half of the draws: weight back on the first states, where the length is decided
     "tau_mix25": {"noising": dict(time_distribution={"name": "logit_normal", "uniform_fraction": 0.25})},
-    "tau_mix50": {"noising": dict(time_distribution={"name": "logit_normal", "uniform_fraction": 0.5})},  # the sampler inserts Poisson counts, not at most one a step
+    "tau_mix50": {"noising": dict(time_distribution={"name": "logit_normal", "uniform_fraction": 0.5})},
 }
 # MovingShapes image-to-video (16×16, one shape, 8–16 frames): the recipe of examples/paradigms.py
 # (velocity prediction, 4×4 patches, lr 2e-3, 128 frames a step), sampled with 40 steps per frame
