@@ -35,14 +35,14 @@ import flowception_ext as fe
 from flowception_ext.sampling import sample_full_sequence
 from flowception_ext.data import ToyColoring
 from flowception_ext.eval import (MANIFOLD_RULES, bayes_clean_estimate, check_manifold, fit_stride_offsets,
-                                  frame_ring_misfit, ring_offsets)
+                                  frame_ring_misfit, ring_offsets, stride_aliased)
 from flowception_ext.training import finished_checkpoint
 from flowception_ext.viz import plot_length_histogram
 
 
 def frame_figures(dataset: ToyColoring, videos: list[torch.Tensor]) -> dict:
     """On-manifold and frame-rule fractions, the fraction of videos breaking each rule (each
-    checked on its own), the checker's border misfit (one gradient for the whole video) and the
+    checked on its own) and mixing strides s and s + 4 (:func:`stride_aliased`), the checker's border misfit (one gradient for the whole video) and the
     per-frame misfit (each frame's own gradient)."""
     checks = [check_manifold(v, **dataset.rules) for v in videos]
     per_frame = np.concatenate([frame_ring_misfit(v) for v in videos])
@@ -51,6 +51,8 @@ def frame_figures(dataset: ToyColoring, videos: list[torch.Tensor]) -> dict:
         "fraction_frames_follow_rules": sum(c.frames_ok for c in checks) / len(checks),
         "fraction_breaking_each_rule": {rule: round(sum(rule in c.failed for c in checks) / len(checks), 4)
                                         for rule in MANIFOLD_RULES},
+        # videos breaking the stride rule by mixing strides s and s + 4 (which agree on every other frame)
+        "fraction_stride_aliased": round(sum(stride_aliased(v) for v in videos) / len(videos), 4),
         "video_border_misfit_quartiles": [round(q, 3) for q in np.quantile([c.misfit for c in checks],
                                                                            [0.25, 0.5, 0.75])],
         "frame_border_misfit_quartiles": [round(q, 3) for q in np.quantile(per_frame, [0.25, 0.5, 0.75])],

@@ -14,7 +14,7 @@ from flowception_ext.data.toy import RAMP, RING_COLS, RING_ROWS
 from flowception_ext.eval import (FEATURES, bayes_clean_estimate, bootstrap_ci, check_manifold, check_manifold_batch, clipped_errors,
                                   consistency, drift_slope, error_curve, estimate, fit_stride_offsets,
                                   frame_ring_misfit, frechet_distance, is_consistent, is_on_manifold,
-                                  paired_difference, ring_offsets, shape_changed, standardiser, summarise,
+                                  paired_difference, ring_offsets, shape_changed, stride_aliased, standardiser, summarise,
                                   video_features, video_metrics)
 
 # ---- ToyColoring ---------------------------------------------------------------------------
@@ -53,6 +53,17 @@ def test_frame_ring_misfit():
         assert misfit[1] > 0.2 and np.delete(misfit, 1).max() < 1e-6
     with pytest.raises(ValueError, match=r"\[n, 3, 3, 3\]"):
         frame_ring_misfit(torch.zeros(2, 3, 4, 4))
+
+
+def test_stride_aliased():
+    v = ToyColoring(4, seed=1, allowed_lengths=(8,), strides=(1,), directions=(1,))[0]  # offsets o0 + k
+    assert not stride_aliased(v) and check_manifold(v).frames_ok
+    mixed = v[[0, 1, 6, 7, 4, 5, 2, 3]]  # steps 1, 5, 1, 5, ...: strides 1 and 5 (= -3) mixed
+    assert stride_aliased(mixed) and "stride" in check_manifold(mixed).failed
+    assert not stride_aliased(v[[0, 2, 1, 3, 5, 4, 6, 7]])  # steps 2, 7, 2, ...: broken, not aliased
+    assert not stride_aliased(v[:1])  # no step at all
+    with pytest.raises(ValueError, match=r"\[n, 3, 3, 3\]"):
+        stride_aliased(torch.zeros(2, 3, 4, 4))
 
 
 def test_ring_offsets_and_stride_fit():

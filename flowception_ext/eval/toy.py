@@ -20,7 +20,7 @@ from ..data.toy import RAMP, RING_COLS, RING_ROWS, TOY_LENGTHS, TOY_STRIDES
 from ..packing import PackedVideos
 
 __all__ = ["MANIFOLD_RULES", "ManifoldCheck", "bayes_clean_estimate", "check_manifold", "check_manifold_batch",
-           "fit_stride_offsets", "frame_ring_misfit", "is_on_manifold", "ring_offsets"]
+           "fit_stride_offsets", "frame_ring_misfit", "is_on_manifold", "ring_offsets", "stride_aliased"]
 
 # The frame rules of check_manifold, in the order its ``reason`` reports them.
 MANIFOLD_RULES = ("range", "gradient", "contrast", "centre", "stride")
@@ -165,6 +165,15 @@ def ring_offsets(video: Tensor) -> np.ndarray:
     """Per frame of a ``[n, 3, 3, 3]`` video, the ring slot of colour ``c0`` in the linear
     gradient that best fits that frame alone (least squares), as the checker reads it: ``(n,)``."""
     return _unrotate(_ring(video))[0]
+
+
+def stride_aliased(video: Tensor) -> bool:
+    """True iff the ring offset of a ``[n, 3, 3, 3]`` video (:func:`ring_offsets`) moves by more
+    than one step size between consecutive frames, all steps agreeing modulo 4: strides ``s`` and
+    ``s + 4`` mixed. On the 8-pixel ring they agree on every other frame, so a network that reads
+    frames two apart cannot tell them apart; this names that failure of the ``"stride"`` rule."""
+    steps = np.diff(ring_offsets(video)) % 8
+    return len(set(steps.tolist())) > 1 and len(set((steps % 4).tolist())) == 1
 
 
 def fit_stride_offsets(video: Tensor, strides: Sequence[int] = TOY_STRIDES,
