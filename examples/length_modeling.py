@@ -42,8 +42,9 @@ from flowception_ext.viz import plot_length_histogram
 
 def frame_figures(dataset: ToyColoring, videos: list[torch.Tensor]) -> dict:
     """On-manifold and frame-rule fractions, the fraction of videos breaking each rule (each
-    checked on its own) and mixing strides s and s + 4 (:func:`stride_aliased`), the checker's border misfit (one gradient for the whole video) and the
-    per-frame misfit (each frame's own gradient)."""
+    checked on its own) and mixing strides s and s + 4 (:func:`stride_aliased`), the checker's
+    border misfit (one gradient for the whole video) and the per-frame misfit (each frame's own
+    gradient)."""
     checks = [check_manifold(v, **dataset.rules) for v in videos]
     per_frame = np.concatenate([frame_ring_misfit(v) for v in videos])
     return {
