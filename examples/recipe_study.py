@@ -114,6 +114,8 @@ COMBINATIONS = {
     "early5_clean_loss_mix50": ["rope20_wide", "swiglu", "kappa_early", "poisson", "clean_loss", "tau_mix50"],
     # and the reference generator's strides (one direction): strides s and s + 4 no longer alias
     "early5_clean_loss_positive": ["rope20_wide", "swiglu", "kappa_early", "poisson", "clean_loss", "positive_strides"],
+    "early5_clean_loss_positive_mix25": ["rope20_wide", "swiglu", "kappa_early", "poisson", "clean_loss", "positive_strides",
+                                         "tau_mix25"],
     "context_zero_clean": ["context_zero", "clean"],  # MovingShapes: the best recipe measured there
     # and one more factor on top of it, for the longer MovingShapes runs
     "context_zero_clean_tau_uniform": ["context_zero", "clean", "tau_uniform"],

@@ -109,6 +109,48 @@ def test_yaml_config_flags_override_it_and_print_config_round_trips(tmp_path, ca
     assert capsys.readouterr().out == printed
 
 
+def test_the_recipe_study_options_reach_the_model_the_states_and_the_sampler(tmp_path, capsys):
+    # the best ToyColoring recipe of docs/experiments/recipe_study.md, from the command line
+    out = tmp_path / "run"
+    assert main([*RUN, "--prediction", "clean", "--mlp", "swiglu", "--rope-frame-scale", "20", "--rope-frame-dims",
+                 "16", "--clean-min-gap", "1", "--kappa", "early:power=5.0", "--time-distribution",
+                 "logit_normal:uniform_fraction=0.25", "--out", str(out)]) == 0
+    recorded = json.loads((out / "run_config.json").read_text())
+    assert recorded["objective"]["kappa"] == "early"  # canonical: the default power left out
+    assert recorded["objective"]["time_distribution"] == "logit_normal:uniform_fraction=0.25"
+    ckpt = latest_checkpoint(out)
+    model = load_json(ckpt / "config.json")
+    assert (model["mlp"], model["rope_frame_scale"], model["rope_frame_dims"], model["clean_min_gap"]) == ("swiglu", 20.0, 16, 1.0)
+    assert model["extra"]["kappa"] == {"name": "early", "power": 5.0}
+    noising = load_json(ckpt / "trainer_state.json")["train_config"]["noising"]
+    assert noising["kappa"] == {"name": "early", "power": 5.0}
+    assert noising["time_distribution"]["uniform_fraction"] == 0.25
+    # the sampler uses the recorded κ unless told otherwise
+    for flags, kappa in (([], {"name": "early", "power": 5.0}), (["--kappa", "linear"], {"name": "linear"})):
+        target = tmp_path / f"samples{len(flags)}"
+        assert main(["sample", "--checkpoint", str(out), "--num-videos", "1", "--sampling-steps", "4",
+                     "--no-progress", "--out", str(target), *flags]) == 0
+        assert json.loads((target / "summary.json").read_text())["kappa"] == kappa
+    capsys.readouterr()
+    # a config file may give the mapping form; it is recorded canonically, and an override changes it
+    (tmp_path / "kappa.json").write_text(json.dumps({"objective": {"kappa": {"name": "early", "power": 8}}}))
+    assert main(["train", "--config", str(tmp_path / "kappa.json"), "--dataset", "toy-coloring", "--print-config"]) == 0
+    assert "early:power=8" in capsys.readouterr().out
+    assert main(["train", "--resume", "--out", str(out), "--override", "steps=8",
+                 "--override", "kappa=early:power=8", "--no-progress"]) == 0
+    assert json.loads((out / "run_config.json").read_text())["objective"]["kappa"] == "early:power=8"
+
+
+
+def test_schedule_specs_are_recorded_exactly():
+    from flowception_ext.cli.common import schedule_spec
+
+    kappa = schedule_spec("kappa")
+    assert [kappa(t) for t in ("linear", "early:power=5", "early: power = 8.0", "early:power=5.123456789")] == [
+        "linear", "early", "early:power=8", "early:power=5.123456789"]
+    assert schedule_spec("time")({"name": "logit_normal", "std": 1.5}) == "logit_normal:std=1.5"
+
+
 def test_tensorboard_logger_writes_loss_at_every_log_step(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

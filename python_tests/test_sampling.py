@@ -169,6 +169,21 @@ def test_oracle_rates_reach_target_length_and_times_follow_kappa(insertion, kapp
     assert out.num_steps <= 2 * steps
 
 
+@pytest.mark.parametrize("recorded", ["cosine", "linear"])
+def test_without_kappa_the_sampler_uses_the_one_the_model_was_trained_with(recorded):
+    oracle = Oracle(20, seed=1)
+    oracle.config = SimpleNamespace(extra={"kappa": {"name": recorded}})  # as `flowception train` records it
+    out = run(oracle, num_videos=64, steps=100)
+    assert out.info["kappa"] == {"name": recorded}
+    inserted = torch.cat(out.insert_step) >= 0
+    times = torch.cat(out.insert_time)[inserted] + 0.5 / 100
+    assert stats.kstest(kappa_from_name(recorded).kappa(times).numpy(), "uniform").pvalue > 1e-3
+    wrong = "cosine" if recorded == "linear" else "linear"
+    assert stats.kstest(kappa_from_name(wrong).kappa(times).numpy(), "uniform").pvalue < 1e-6
+    # a model with nothing recorded is sampled with the linear scheduler
+    assert run(Oracle(20, seed=1), num_videos=2, steps=10).info["kappa"] == {"name": "linear"}
+
+
 # ---- 3. tasks: interpolation, image-to-video, extension ------------------------------------
 
 

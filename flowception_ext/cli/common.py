@@ -96,6 +96,57 @@ def frame_size(text) -> list[int]:
     return size * 2 if len(size) == 1 else size
 
 
+def schedule(text, kind: str):
+    """The κ scheduler (``kind="kappa"``) or law of s (``kind="time"``) of a spec
+    ``name[:key=value,...]`` (``early:power=8``, ``logit_normal:uniform_fraction=0.25``) or, from a
+    config file, a mapping with ``name`` (:mod:`flowception_ext.schedules`)."""
+    from ..schedules import kappa_from_name, time_distribution_from_name
+
+    build = kappa_from_name if kind == "kappa" else time_distribution_from_name
+    if isinstance(text, dict):
+        spec = dict(text)
+    else:
+        name, _, params = str(text).partition(":")
+        spec = {"name": name.strip()}
+        for part in filter(None, (p.strip() for p in params.split(","))):
+            key, eq, value = (x.strip() for x in part.partition("="))
+            if not eq:
+                raise argparse.ArgumentTypeError(f"expected name[:key=value,...], got {text!r}")
+            try:
+                spec[key] = float(value)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{key} must be a number, got {value!r}") from None
+    bad = [k for k, v in spec.items() if k != "name" and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                                          or v != v or abs(v) == float("inf"))]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{bad[0]} must be a finite number, got {spec[bad[0]]!r}")
+    try:
+        return build(spec)
+    except TypeError:  # no name, or a parameter the class does not have
+        if "name" not in spec:
+            raise argparse.ArgumentTypeError(f"expected a name, got {text!r}") from None
+        known = sorted(k for k in build(spec["name"]).to_dict() if k != "name")
+        raise argparse.ArgumentTypeError(f"{spec['name']} takes {', '.join(known) or 'no parameters'}; got "
+                                         f"{text!r}") from None
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def schedule_spec(kind: str):
+    """An argparse type: a :func:`schedule` spec, returned in canonical form (the name, then the
+    parameters that differ from its defaults: ``early``, ``early:power=8``), as run configurations
+    record it."""
+    def parse(text) -> str:
+        built = schedule(text, kind)
+        defaults = type(built)().to_dict()
+        changed = [f"{k}={v:g}" if float(f"{v:g}") == v else f"{k}={v!r}"  # short, but exact
+                   for k, v in built.to_dict().items() if k != "name" and v != defaults[k]]
+        return built.name + (":" + ",".join(changed) if changed else "")
+    parse.__name__ = "kappa scheduler" if kind == "kappa" else "law of s"
+    parse.takes_mappings = True  # type: ignore[attr-defined]  (config files may give {name: ..., ...})
+    return parse
+
+
 def task_name(text: str, allowed: tuple[str, ...] = TASKS) -> str:
     """A task name (:mod:`flowception_ext.tasks`); an old spelling is translated with a warning."""
     with warnings.catch_warnings(record=True) as caught:

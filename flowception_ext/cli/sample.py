@@ -49,6 +49,9 @@ def add_sample_parser(sub, parent: argparse.ArgumentParser) -> None:
                    help="noise frames at the start (default: 1 without context, 0 with context)")
     p.add_argument("--insertion", default="bernoulli", choices=("bernoulli", "poisson"),
                    help="at most one frame per slot and step (bernoulli) or several (poisson)")
+    p.add_argument("--kappa", type=common.schedule_spec("kappa"), default=None,
+                   help="insertion scheduler κ, as flowception train's --kappa (default: the one the model was "
+                        "trained with, else linear)")
     p.add_argument("--rate-guidance", type=common.positive_float, default=1.0,
                    help="guidance scale of the insertion rates (1: none)")
     p.add_argument("--max-frames", type=I(1), default=256, help="cap on the frames of a video")
@@ -174,6 +177,7 @@ def _generate(model, contexts, task: str, args, num_videos: int, steps: int, num
         n_start = args.n_start if getattr(args, "n_start", None) is not None else (1 if contexts is None else 0)
         return sample(model, contexts, num_videos=num_videos, n_start=n_start, steps=steps,
                       insertion=getattr(args, "insertion", "bernoulli"),
+                      kappa=common.schedule(args.kappa, "kappa") if getattr(args, "kappa", None) else None,
                       rate_guidance=getattr(args, "rate_guidance", 1.0), max_frames=args.max_frames,
                       generator=generator, progress=progress)
     if task == "interpolation":
@@ -218,6 +222,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     summary = {"checkpoint": str(source), "weights": weights, "objective": objective, "task": args.task,
                "sampling_steps": steps, "lengths": output.lengths, "max_frames_hit": output.max_frames_hit,
                "model_evaluations": output.num_model_evals, "videos": paths}
+    if "kappa" in output.info:
+        summary["kappa"] = output.info["kappa"]
     try:
         if objective == "flowception":
             summary["insertion_order_figure"] = str(plot_insertion_order(output, out / "insertion_order.png", video=0))

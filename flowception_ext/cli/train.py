@@ -5,8 +5,9 @@ A run's configuration has four sections, each key named as its flag (``--frames-
 ``training.frames_per_batch``)::
 
     data:      dataset, num_videos, data_seed and a video folder's clip options
-    model:     preset, patch_size, window, length_conditioning, prediction
-    objective: objective, tasks, p_uncond
+    model:     preset, patch_size, window, length_conditioning, prediction, mlp, rope_frame_scale,
+               rope_frame_dims, clean_min_gap
+    objective: objective, tasks, p_uncond, kappa, time_distribution
     training:  steps, lr, warmup, ema_decay, frames_per_batch, grad_accum, seed, bf16,
                num_workers, log_every, checkpoint_every, preview_every, logger
 
@@ -110,11 +111,23 @@ def add_train_parser(sub, parent: argparse.ArgumentParser) -> argparse.ArgumentP
            "(bidirectional objectives only)", action="store_true")
     option("model", "--prediction", "velocity", "what the network outputs: the velocity, or the clean frame "
            "(x-prediction)", choices=("velocity", "clean"))
+    option("model", "--mlp", "gelu", "feed-forward layers: GELU (DiT's) or SwiGLU (the reference code's), same "
+           "parameters", choices=("gelu", "swiglu"))
+    option("model", "--rope-frame-scale", 1.0, "multiplier on the frame index in the rotary embedding (the reference "
+           "code uses 20)", type=common.positive_float)
+    option("model", "--rope-frame-dims", None, "head dims of the rotary frame axis, even (default: a third of the "
+           "head dim)", type=I(0))
+    option("model", "--clean-min-gap", 0.05, "with --prediction clean: the floor on 1 − t in the weight of the "
+           "clean-frame error (1: unweighted)", type=common.positive_float)
     option("objective", "--objective", "flowception", "what to train: Flowception, or a baseline on the same "
            "backbone", choices=("flowception", "full_sequence", "autoregressive"))
     option("objective", "--tasks", {"unconditional": 1.0}, "task mixture, e.g. unconditional=0.5,"
            "image_to_video=0.3,interpolation=0.2", type=common.task_mixture, metavar="TASK=P,...")
     option("objective", "--p-uncond", 0.1, "conditioning dropout probability", type=common.probability)
+    option("objective", "--kappa", "linear", "Flowception's insertion scheduler κ: linear, cosine, polynomial[:power=P] "
+           "or early[:power=P] (frames inserted early; the sampler uses the same)", type=common.schedule_spec("kappa"))
+    option("objective", "--time-distribution", "logit_normal", "Flowception's law of s in τ_g = s·τ_max: "
+           "logit_normal[:mean=M,std=S,uniform_fraction=Q] or uniform", type=common.schedule_spec("time"))
     option("training", "--steps", 1000, "optimizer steps in all (the LR schedule spans them)", type=I(1))
     option("training", "--lr", 3e-4, "peak learning rate (AdamW)", type=common.positive_float)
     option("training", "--warmup", 50, "warm-up steps", type=I(0))
@@ -190,7 +203,8 @@ def _coerce(dest: str, value, where: str):
             return value
         if action.type is None and not isinstance(value, str):
             raise argparse.ArgumentTypeError(f"expected a string, got {value!r}")
-        if isinstance(value, str) or action.type in (common.task_mixture, _loggers, common.frame_size):
+        if (isinstance(value, str) or action.type in (common.task_mixture, _loggers, common.frame_size)
+                or getattr(action.type, "takes_mappings", False)):
             value = action.type(value) if action.type is not None else value
         elif action.type is not None:
             kind = int if action.type is int or getattr(action.type, "kind", None) is int else float
@@ -339,19 +353,28 @@ def _build(c: dict[str, Any], args: argparse.Namespace):
     if c["length_conditioning"] and c["objective"] == "autoregressive":
         fail("--length-conditioning applies to bidirectional objectives (flowception, full_sequence), "
              "not to --objective autoregressive")
+    kappa = common.schedule(c["kappa"], "kappa")
     extra = {"dataset": c["dataset"], "objective": c["objective"]}
+    if c["objective"] == "flowception":  # the sampler's default κ (flowception_ext.sample)
+        extra["kappa"] = kappa.to_dict()
     if hasattr(dataset, "options"):  # a video folder: sampling rebuilds its clips
         extra["video_folder"] = dataset.options
-    model_config = FlowceptionConfig.from_preset(
-        c["preset"], in_channels=ch, frame_size=(h, w), patch_size=patch, window=c["window"],
-        attention="causal" if c["objective"] == "autoregressive" else "bidirectional",
-        rate_head=c["objective"] == "flowception", length_conditioning=c["length_conditioning"],
-        prediction=c["prediction"], extra=extra)
+    try:
+        model_config = FlowceptionConfig.from_preset(
+            c["preset"], in_channels=ch, frame_size=(h, w), patch_size=patch, window=c["window"],
+            attention="causal" if c["objective"] == "autoregressive" else "bidirectional",
+            rate_head=c["objective"] == "flowception", length_conditioning=c["length_conditioning"],
+            prediction=c["prediction"], mlp=c["mlp"], rope_frame_scale=c["rope_frame_scale"],
+            rope_frame_dims=c["rope_frame_dims"], clean_min_gap=c["clean_min_gap"], extra=extra)
+    except ValueError as exc:
+        fail(f"the model options: {exc}")
+    noising = NoisingConfig(tasks=c["tasks"], p_uncond=c["p_uncond"], kappa=kappa,
+                            time_distribution=common.schedule(c["time_distribution"], "time"))
     torch.manual_seed(c["seed"])
     model = FlowceptionDiT(model_config)
     config = TrainConfig(steps=c["steps"], lr=c["lr"], frames_per_batch=c["frames_per_batch"],
                          grad_accum=c["grad_accum"], num_workers=c["num_workers"], bf16=c["bf16"], seed=c["seed"],
-                         objective=c["objective"], noising=NoisingConfig(tasks=c["tasks"], p_uncond=c["p_uncond"]),
+                         objective=c["objective"], noising=noising,
                          out_dir=str(args.out), log_every=c["log_every"], checkpoint_every=c["checkpoint_every"],
                          preview_every=c["preview_every"], warmup_steps=min(c["warmup"], c["steps"]),
                          ema_decay=c["ema_decay"], progress=not args.no_progress)

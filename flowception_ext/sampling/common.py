@@ -132,7 +132,8 @@ class SampleOutput:
         num_steps: sampler steps taken.
         completed: False if the callback stopped the sampler early (frames may then be noisy).
         history: with ``return_history=True``, the global time and the lengths after every step.
-        info: sampler-specific facts (e.g. whether the autoregressive sampler used its KV cache).
+        info: sampler-specific facts (the κ scheduler Flowception's sampler used, whether the
+            autoregressive sampler used its KV cache).
     """
 
     videos: list[Tensor]

@@ -175,7 +175,7 @@ def sample(
     n_start: int = 1,
     steps: int = 100,
     insertion: str = "bernoulli",
-    kappa: str | dict | KappaScheduler = "linear",
+    kappa: str | dict | KappaScheduler | None = None,
     rate_guidance: float = 1.0,
     velocity_guidance: float = 1.0,
     gamma: float = 1.0,
@@ -216,7 +216,8 @@ def sample(
             ``min(1, h ρ(t_g) λ)``) or ``"poisson"`` (``Poisson(h ρ(t_g) λ)`` frames).
         kappa: insertion scheduler (name, dict or instance; see :mod:`flowception_ext.schedules`):
             the one the model was trained with (``NoisingConfig.kappa``), since the rate head learns
-            insertion counts for the states that scheduler produces.
+            insertion counts for the states that scheduler produces. ``None``: the one recorded in
+            ``model.config.extra["kappa"]`` (``flowception train`` records it), else linear.
         rate_guidance, velocity_guidance: guidance scales ``w >= 0`` (see :func:`guided_prediction`);
             1 = no guidance (one model pass per step), otherwise two passes.
         gamma: time reparameterisation ``t = u^γ`` of the per-frame solver coordinate ``u``
@@ -261,6 +262,8 @@ def sample(
     if not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma <= 0:
         raise ValueError(f"gamma must be a finite number > 0, got {gamma!r}")
     check_callback(callback)
+    if kappa is None:
+        kappa = getattr(getattr(model, "config", None), "extra", {}).get("kappa", "linear")
     kappa = kappa_from_name(kappa)
     shape = resolve_frame_shape(model, contexts, frame_shape)
     device, dtype = device_and_dtype(model, contexts)
@@ -339,6 +342,7 @@ def sample(
         num_steps=step,
         completed=completed,
         history=history,
+        info={"kappa": kappa.to_dict()},
     )
 
 
