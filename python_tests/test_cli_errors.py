@@ -88,6 +88,8 @@ CASES = [
     ("train --dataset toy-coloring --time-distribution logit_normal:uniform_fraction=2 --out {out}",
      "argument --time-distribution: uniform_fraction must be a probability in [0, 1]"),
     ("train --dataset toy-coloring --mlp relu --out {out}", "argument --mlp: invalid choice: 'relu'"),
+    ("train --dataset toy-coloring --objective full_sequence --kappa early --out {out}",
+     "--kappa applies to --objective flowception only (how its training states are drawn), not to full_sequence"),
     ("train --dataset toy-coloring --rope-frame-dims 3 --out {out}", "the model options: rope_frame_dims must be"),
     ("train --dataset toy-coloring --clean-min-gap 2 --out {out}", "the model options: clean_min_gap must be a number in (0, 1]"),
     ("train --dataset toy-coloring --out {run}", "already holds a run; continue it with --resume"),

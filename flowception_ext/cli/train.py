@@ -353,6 +353,10 @@ def _build(c: dict[str, Any], args: argparse.Namespace):
     if c["length_conditioning"] and c["objective"] == "autoregressive":
         fail("--length-conditioning applies to bidirectional objectives (flowception, full_sequence), "
              "not to --objective autoregressive")
+    changed = [f"--{k.replace('_', '-')}" for k in ("kappa", "time_distribution") if c[k] != OPTIONS[k][1]]
+    if changed and c["objective"] != "flowception":
+        fail(f"{' and '.join(changed)} appl{'y' if len(changed) > 1 else 'ies'} to --objective flowception only "
+             f"(how its training states are drawn), not to {c['objective']}")
     kappa = common.schedule(c["kappa"], "kappa")
     extra = {"dataset": c["dataset"], "objective": c["objective"]}
     if c["objective"] == "flowception":  # the sampler's default κ (flowception_ext.sample)
